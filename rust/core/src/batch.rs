@@ -1,0 +1,1 @@
+//! Batches: see module docs (written by the batch owner).
