@@ -12,6 +12,7 @@ pub mod bucket;
 pub mod decode;
 pub mod error;
 pub mod hash;
+pub mod prep;
 pub mod probe;
 pub mod resize;
 
