@@ -10,6 +10,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::augment::{self, AugmentConfig, AugmentDraw};
+use crate::bucket::cover_size;
 use crate::decode::{self, DecodeOptions};
 use crate::error::{Error, Result};
 use crate::resize::{self, Crop};
@@ -47,22 +48,6 @@ pub struct BatchOptions {
     pub threads: Option<usize>,
 }
 
-/// The size a `width` x `height` source is scaled to so that it covers the
-/// bucket, rounded as kohya-ss/sd-scripts' `BucketManager.select_bucket`
-/// does (`int(side * scale + 0.5)`), never below the bucket.
-pub fn cover_size(width: u32, height: u32, bucket: (u32, u32)) -> (u32, u32) {
-    let (bw, bh) = bucket;
-    let (w, h) = (width.max(1) as f64, height.max(1) as f64);
-    let scale = if w / h > bw as f64 / bh as f64 {
-        bh as f64 / h
-    } else {
-        bw as f64 / w
-    };
-    let rw = ((w * scale + 0.5) as u32).max(bw);
-    let rh = ((h * scale + 0.5) as u32).max(bh);
-    (rw, rh)
-}
-
 /// The augmentation draw for picture `i` of a batch.
 fn draw_for(opts: &BatchOptions, i: usize) -> AugmentDraw {
     let index = opts
@@ -92,9 +77,9 @@ pub fn load_one(
     draw: &AugmentDraw,
     opts: &DecodeOptions,
 ) -> Result<RgbImage> {
-    let decoded = decode::decode_file_scaled(path, opts, &|w, h| cover_size(w, h, bucket))?;
+    let decoded = decode::decode_file_scaled(path, opts, &|w, h| cover_size(bucket, w, h))?;
     let img = &decoded.image;
-    let resized = cover_size(img.width(), img.height(), bucket);
+    let resized = cover_size(bucket, img.width(), img.height());
     let crop = if draw.crop == (0.5, 0.5) {
         Crop::Center
     } else {
@@ -215,17 +200,6 @@ pub fn load_batch_u8(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cover_size_covers_the_bucket() {
-        assert_eq!(cover_size(4032, 3024, (576, 448)), (597, 448));
-        assert_eq!(cover_size(3024, 4032, (448, 576)), (448, 597));
-        assert_eq!(cover_size(512, 512, (512, 512)), (512, 512));
-        for (w, h) in [(1, 1), (7, 1000), (1000, 7), (333, 777)] {
-            let (rw, rh) = cover_size(w, h, (64, 128));
-            assert!(rw >= 64 && rh >= 128, "{w}x{h} -> {rw}x{rh}");
-        }
-    }
 
     #[test]
     fn normalise_maps_ends_to_minus_one_and_one() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use crate::batch::cover_size;
+use crate::bucket::cover_size;
 use crate::decode::{self, DecodeOptions};
 use crate::error::{Error, Result};
 use crate::hash;
@@ -119,9 +119,9 @@ pub fn export_file(
     quality: u8,
     opts: &DecodeOptions,
 ) -> Result<()> {
-    let decoded = decode::decode_file_scaled(src, opts, &|w, h| cover_size(w, h, bucket))?;
+    let decoded = decode::decode_file_scaled(src, opts, &|w, h| cover_size(bucket, w, h))?;
     let img = &decoded.image;
-    let resized = cover_size(img.width(), img.height(), bucket);
+    let resized = cover_size(bucket, img.width(), img.height());
     let out = resize::resize_cover_crop(img, resized, bucket, crop)?;
     write_atomic(dst, &encode(&out, dst, quality)?)
 }
