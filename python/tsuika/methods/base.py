@@ -8,6 +8,7 @@ optimizer, schedules, validation, checkpoints and sampling.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,3 +39,12 @@ class Method(Protocol):
 
     def save(self, out_dir: Path, name: str, fmt: str, metadata: dict[str, str]) -> Path:
         """Write the user-facing file(s); return the final file's path."""
+
+
+class CaptionHook(Protocol):
+    """Optional: a method that rewrites training captions (Textual Inversion's
+    templates and placeholder substitution, DreamBooth's instance prompt).
+    The loop calls it, when the method has it, on every caption it encodes."""
+
+    def transform_caption(self, caption: str, class_tokens: str, rng: random.Random) -> str:
+        """The caption to train on, given the dataset's caption and class tokens."""
