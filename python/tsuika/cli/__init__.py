@@ -12,9 +12,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tsuika.cli import prep
+    from tsuika.cli import prep, train
 
     main.add_command(prep.prep)
+    main.add_command(train.train)
 
 
 _register()

@@ -1,0 +1,59 @@
+"""``tsuika train CONFIG [--set section.key=value]... [--resume [CHECKPOINT]]``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config value (a TOML value; bare words are strings). Repeatable.",
+)
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[CHECKPOINT]",
+    help="Continue from a checkpoint folder; alone, the newest one in output.dir.",
+)
+def train(config: str, overrides: tuple[str, ...], resume: str | None) -> None:
+    """Train the method of CONFIG (a run configuration TOML) and write its file.
+
+    Several GPUs: ``accelerate launch -m tsuika.cli train CONFIG``.
+    """
+    from tsuika.config import ConfigError, load_config
+    from tsuika.data.scan import DatasetError
+    from tsuika.models import ArchitectureError, ModelLoadError
+    from tsuika.models import CheckpointError as ModelFileError
+    from tsuika.training.checkpoint import CheckpointError
+
+    user_errors = (
+        CheckpointError,
+        DatasetError,
+        ModelLoadError,
+        ModelFileError,
+        ArchitectureError,
+        ImportError,
+        FileNotFoundError,
+    )
+
+    try:
+        cfg = load_config(config, list(overrides))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    from tsuika.training.loop import train as run
+
+    try:
+        summary = run(cfg, resume=resume)
+    except user_errors as exc:
+        raise click.ClickException(str(exc)) from None
+    if summary:
+        click.echo(
+            f"trained {summary['method']} for {summary['steps_done']} steps: {summary['final_file']}"
+        )

@@ -1,0 +1,411 @@
+"""The run configuration: TOML (or a dict) in, typed dataclasses out, once.
+
+Every section of the user-facing contract (``DESIGN.md`` "Run configuration")
+is a dataclass here. Parsing checks every key against its field's type and
+allowed values; errors are :class:`ConfigError` naming ``section.key``, the
+file, and what is allowed. Library code takes a :class:`RunConfig`, never a
+flag namespace.
+
+``--set section.key=value`` overrides are parsed as TOML values
+(``training.steps=10``, ``sample.prompts=["a", "b"]``); a value that is not
+valid TOML is taken as a plain string (``output.name=my_lora``).
+Relative paths are resolved against the config file's folder (overrides
+against the current directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+SECTIONS = ("model", "data", "method", "training", "validation", "sample", "output")
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names file and key."""
+
+
+def _choices(*values: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+def _min(default: Any, low: float, *, strict: bool = False) -> Any:
+    return field(default=default, metadata={"min": low, "strict": strict})
+
+
+@dataclass
+class ModelConfig:
+    """``[model]``: the base model (single file or diffusers folder) and VAE override."""
+
+    path: Path | None = None
+    vae: Path | None = None
+    kind: str | None = field(default=None, metadata={"choices": ("sd1", "sd2", "sdxl")})
+    prediction_type: str | None = field(
+        default=None, metadata={"choices": ("epsilon", "v_prediction")}
+    )
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: the dataset folder, buckets (kohya's meaning) and augmentations."""
+
+    path: Path | None = None
+    resolution: int = _min(512, 8)
+    min_bucket: int = _min(256, 8)
+    max_bucket: int = _min(1024, 8)
+    bucket_step: int = _min(64, 8)
+    caption_extension: str = ".txt"
+    cache_latents: bool = True
+    flip: bool = False
+    rotation: float = _min(0.0, 0.0)
+    color_jitter: float = _min(0.0, 0.0)
+    random_crop: bool = False
+    no_upscale: bool = False
+    shuffle_caption: bool = False
+    keep_tokens: int = _min(0, 0)
+    caption_dropout: float = _min(0.0, 0.0)
+    threads: int | None = None
+
+
+@dataclass
+class MethodConfig:
+    """``[method]``: ``name`` plus a free table that the method's own config validates."""
+
+    name: str = "lora"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingConfig:
+    """``[training]``: steps, batch, optimizer, schedule, loss options and checkpoints."""
+
+    steps: int = _min(1500, 1)
+    batch_size: int = _min(1, 1)
+    gradient_accumulation: int = _min(1, 1)
+    learning_rate: float = _min(1e-4, 0.0)
+    seed: int = 0
+    save_every: int = _min(250, 0)
+    log_every: int = _min(10, 1)
+    optimizer: str = "adamw"
+    weight_decay: float = _min(0.01, 0.0)
+    l1: float = _min(0.0, 0.0)
+    max_norm: float = _min(0.0, 0.0)
+    max_grad_norm: float = _min(1.0, 0.0)
+    lr_scheduler: str = _choices(
+        "constant", "cosine", "cosine_with_restarts", "linear", "polynomial", default="constant"
+    )
+    lr_warmup_steps: int = _min(0, 0)
+    lr_cycles: float = _min(1.0, 0.0, strict=True)
+    lr_power: float = _min(1.0, 0.0, strict=True)
+    min_snr_gamma: float = _min(0.0, 0.0)
+    noise_offset: float = _min(0.0, 0.0)
+    mixed_precision: str = _choices("no", "fp16", "bf16", default="no")
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class ValidationConfig:
+    """``[validation]``: held-out loss and early stopping (parsed; the loop is a later issue)."""
+
+    split: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
+    folder: Path | None = None
+    every: int = _min(100, 1)
+    patience: int | None = None
+    min_delta: float = _min(0.0, 0.0)
+
+
+@dataclass
+class SampleConfig:
+    """``[sample]``: pictures from ``prompts`` every ``every`` steps (0 = off)."""
+
+    prompts: list[str] = field(default_factory=list)
+    every: int = _min(0, 0)
+    steps: int = _min(8, 1)
+    cfg: float = _min(7.0, 0.0)
+    seed: int = 0
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class OutputConfig:
+    """``[output]``: where the final file, checkpoints, logs and summary go."""
+
+    dir: Path = Path("out")
+    name: str = "tsuika"
+    format: str | None = None  # None: the method's default (lora: kohya)
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``source`` is the TOML file it came from (None for a dict)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain TOML/JSON values (paths as strings, ``None`` left out)."""
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            if name == "method":
+                out[name] = {"name": section.name, **_plain(section.options)}
+                continue
+            out[name] = {
+                f.name: _plain(getattr(section, f.name))
+                for f in dataclasses.fields(section)
+                if getattr(section, f.name) is not None
+            }
+        return out
+
+
+SECTION_TYPES: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "validation": ValidationConfig,
+    "sample": SampleConfig,
+    "output": OutputConfig,
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML run configuration, apply ``--set`` overrides, validate, resolve paths."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(table, base_dir=path.resolve().parent, overrides=overrides, source=path)
+
+
+def config_from_dict(
+    table: dict[str, Any],
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    overrides: list[str] | None = None,
+    source: Path | None = None,
+    validate_method: bool = True,
+) -> RunConfig:
+    """Build a :class:`RunConfig` from nested dicts (as TOML would give)."""
+    where = str(source) if source is not None else "config"
+    table = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+    override_keys = apply_overrides(table, overrides or [], where)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    for key, value in table.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{key}]; allowed: {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{key}] must be a table, got {type(value).__name__}")
+    sections: dict[str, Any] = {}
+    for name, cls in SECTION_TYPES.items():
+        sections[name] = _parse_section(name, cls, table.get(name, {}), where)
+        _resolve_paths(name, sections[name], base, override_keys)
+    sections["method"] = _parse_method(table.get("method", {}), where, validate_method)
+    cfg = RunConfig(**sections, source=source)
+    _check_consistency(cfg, where)
+    return cfg
+
+
+def apply_overrides(table: dict[str, Any], overrides: list[str], where: str) -> set[str]:
+    """Apply ``section.key=value`` strings to ``table`` in place; return the keys set."""
+    keys: set[str] = set()
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        parts = [p.strip() for p in dotted.split(".")]
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ConfigError(
+                f"--set {item!r}: expected section.key=value (e.g. training.steps=10)"
+            )
+        if parts[0] not in SECTIONS:
+            raise ConfigError(
+                f"--set {item!r}: unknown section [{parts[0]}]; allowed: {', '.join(SECTIONS)}"
+            )
+        node = table.setdefault(parts[0], {})
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parse_override_value(raw)
+        keys.add(".".join(parts))
+    return keys
+
+
+def parse_override_value(raw: str) -> Any:
+    """A ``--set`` value as TOML (``10``, ``1e-4``, ``true``, ``["a"]``), else the string."""
+    raw = raw.strip()
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+# --------------------------------------------------------------------------- fields
+
+
+def _parse_section(name: str, cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            allowed = ", ".join(fields)
+            raise ConfigError(f"{where}: unknown key {name}.{key}; allowed in [{name}]: {allowed}")
+        kwargs[key] = _check_value(f"{name}.{key}", value, hints[key], fields[key].metadata, where)
+    return cls(**kwargs)
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: Any, where: str) -> Any:
+    value = _coerce(key, value, hint, where)
+    choices = meta.get("choices")
+    if choices is not None and value is not None and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{where}: {key} = {value!r} is not allowed; choose one of {allowed}")
+    if "min" in meta and value is not None:
+        low, strict = meta["min"], meta.get("strict", False)
+        if value < low or (strict and value == low):
+            op = ">" if strict else ">="
+            raise ConfigError(f"{where}: {key} = {value!r} must be {op} {low}")
+    if "max" in meta and value is not None and value > meta["max"]:
+        raise ConfigError(f"{where}: {key} = {value!r} must be <= {meta['max']}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if _is_optional(hint):
+        return _type_name(next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0])}"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true/false"}
+    return names.get(hint, "a path (string)" if hint is Path else str(hint))
+
+
+def _is_optional(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    def bad() -> ConfigError:
+        return ConfigError(
+            f"{where}: {key} must be {_type_name(hint)}, got {type(value).__name__} {value!r}"
+        )
+
+    if _is_optional(hint):
+        inner = next(a for a in typing.get_args(hint) if a is not type(None))
+        return _coerce(key, value, inner, where)
+    if typing.get_origin(hint) is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise bad()
+        (inner,) = typing.get_args(hint)
+        return [_coerce(f"{key}[{i}]", v, inner, where) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad()
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if hint is Path:
+        if not isinstance(value, str | os.PathLike):
+            raise bad()
+        return Path(value).expanduser()
+    raise bad()  # pragma: no cover - a field type this parser does not know
+
+
+def _resolve_paths(name: str, section: Any, base: Path, override_keys: set[str]) -> None:
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, Path) and not value.is_absolute():
+            root = Path.cwd() if f"{name}.{f.name}" in override_keys else base
+            setattr(section, f.name, (root / value).resolve())
+
+
+def _parse_method(values: dict[str, Any], where: str, validate: bool) -> MethodConfig:
+    values = dict(values)
+    name = values.pop("name", "lora")
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: method.name must be a string, got {name!r}")
+    if validate:
+        from tsuika.methods.registry import validate_method_table
+
+        validate_method_table(name, values, where)
+    return MethodConfig(name=name, options=values)
+
+
+def _check_consistency(cfg: RunConfig, where: str) -> None:
+    d = cfg.data
+    if d.min_bucket > d.max_bucket:
+        raise ConfigError(
+            f"{where}: data.min_bucket ({d.min_bucket}) must be <= data.max_bucket ({d.max_bucket})"
+        )
+    if d.cache_latents and (d.random_crop or d.rotation or d.color_jitter):
+        raise ConfigError(
+            f"{where}: data.cache_latents = true cannot be combined with data.random_crop, "
+            "data.rotation or data.color_jitter (the augmentation would be frozen into the "
+            "cache); set data.cache_latents = false"
+        )
+    if cfg.validation.split and cfg.validation.folder is not None:
+        raise ConfigError(f"{where}: set validation.split or validation.folder, not both")
+    from tsuika.training.optim import check_optimizer_name
+
+    try:
+        check_optimizer_name(cfg.training.optimizer)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: training.optimizer: {exc}") from None
+
+
+def as_run_config(config: Any, overrides: list[str] | None = None) -> RunConfig:
+    """A path, a dict or a :class:`RunConfig` -> :class:`RunConfig` (the API's edge)."""
+    if isinstance(config, RunConfig):
+        if overrides:
+            return config_from_dict(config.to_dict(), overrides=overrides, source=config.source)
+        return config
+    if isinstance(config, dict):
+        return config_from_dict(config, overrides=overrides)
+    if isinstance(config, str | os.PathLike):
+        return load_config(config, overrides)
+    raise TypeError(f"config must be a path, a dict or a RunConfig, got {type(config).__name__}")
