@@ -23,8 +23,12 @@ use crate::probe::{Format, ImageInfo};
 /// (libjpeg-turbo's advice in "Two Issues with the JPEG Standard").
 const MAX_SCANS: u32 = 500;
 
-/// DCT scaling factors libjpeg-turbo implements up to 1, smallest first.
-const SCALES: [(u32, u32); 8] = [(1, 8), (1, 4), (3, 8), (1, 2), (5, 8), (3, 4), (7, 8), (1, 1)];
+/// DCT scaling factors we let libjpeg-turbo use, smallest first. Only the
+/// power-of-two reductions: the fractional ones (3/8, 5/8, 3/4, 7/8) leave
+/// aliasing that the later area filter cannot remove (measured: a 1024x768
+/// photo into a 576x448 bucket was 1.36% off PIL's Lanczos at 5/8 and 0.43%
+/// decoded at full size; benches/data_feed.py prints this check).
+const SCALES: [(u32, u32); 4] = [(1, 8), (1, 4), (1, 2), (1, 1)];
 
 thread_local! {
     /// One decompressor per thread: `tj3Init` allocates, so reuse it.
