@@ -48,3 +48,21 @@ class CaptionHook(Protocol):
 
     def transform_caption(self, caption: str, class_tokens: str, rng: random.Random) -> str:
         """The caption to train on, given the dataset's caption and class tokens."""
+
+
+class PriorHook(Protocol):
+    """Optional: prior preservation (DreamBooth). For every training batch the
+    loop asks for a paired batch of class pictures at the same size, appends
+    it to the batch, and combines the per-sample losses as
+
+        loss = mean(instance half) + prior_loss_weight * mean(class half),
+
+    with any per-sample weighting (min-SNR) computed for each sample from its
+    own timestep before the halves are averaged."""
+
+    prior_loss_weight: float
+
+    def paired_batch(self, batch: dict[str, Any], step: int) -> dict[str, Any] | None:
+        """Class pictures for ``batch``: a dict with ``pixels`` (same shape as
+        ``batch["pixels"]``) and ``captions`` (the class prompt per picture),
+        or None for no prior term at this step."""
