@@ -151,4 +151,24 @@ mod tests {
         let err = encode(&img, Path::new("x/out.gif"), 90).unwrap_err();
         assert!(err.to_string().contains("out.gif"), "{err}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+        /// Exported copies have exactly the bucket's size, in every format, and
+        /// scanning them finds what was written.
+        #[test]
+        fn export_writes_the_bucket_size(sw in 1u32..160, sh in 1u32..160, bw in 1u32..80, bh in 1u32..80, ext in 0usize..3) {
+            let dir = std::env::temp_dir().join(format!("tsuika-export-{}-{sw}-{sh}-{bw}-{bh}-{ext}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let src = dir.join("src.png");
+            RgbImage::from_fn(sw, sh, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])).save(&src).unwrap();
+            let dst = dir.join(["out.png", "out.jpg", "out.webp"][ext]);
+            export_file(&src, &dst, (bw, bh), Crop::Center, 90, &DecodeOptions::default()).unwrap();
+            let report = scan_file(&dst, &DecodeOptions::default(), true, true).unwrap();
+            proptest::prop_assert_eq!((report.info.width, report.info.height), (bw, bh));
+            proptest::prop_assert!(report.dhash.is_some());
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
 }
