@@ -27,8 +27,17 @@ def _lora(table: dict[str, Any]) -> Method:
     return LoraMethod(LoraConfig.from_dict(table))
 
 
-METHODS: dict[str, MethodFactory] = {"lora": _lora}
-DEFAULT_FORMATS: dict[str, str] = {"lora": "kohya"}
+def _textual_inversion(table: dict[str, Any]) -> Method:
+    from tsuika.methods.textual_inversion import build
+
+    return build(table)
+
+
+METHODS: dict[str, MethodFactory] = {
+    "lora": _lora,
+    "textual_inversion": _textual_inversion,
+}
+DEFAULT_FORMATS: dict[str, str] = {"lora": "kohya", "textual_inversion": "a1111"}
 
 
 def register_method(name: str, factory: MethodFactory, default_format: str | None = None) -> None:

@@ -1,0 +1,115 @@
+"""Textual Inversion settings: one dataclass, validated when built, errors naming the field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+# How training captions are made (see templates.py): pick a template for an
+# object or a style, or keep the dataset's captions with the placeholder put in.
+CAPTION_MODES = ("object", "style", "captions")
+# A CLIP prompt holds 75 tokens between its start and end tokens.
+MAX_VECTORS = 75
+# The learning rate Textual Inversion usually trains at (AUTOMATIC1111's default
+# embedding learning rate is 0.005); ``[training] learning_rate`` is often set for LoRA.
+RECOMMENDED_LEARNING_RATE = 5e-3
+
+
+def _fail(field: str, problem: str) -> ValueError:
+    return ValueError(f"method.{field}: {problem}")
+
+
+def _check_text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(name, f"must be a string, got {value!r}")
+    if not value.strip():
+        raise _fail(name, "must not be empty")
+    return value
+
+
+@dataclass
+class TextualInversionConfig:
+    """What a Textual Inversion embedding learns and how.
+
+    * ``placeholder_token``: the new word the embedding is trained for
+      (``"<sks>"``, ``"sks-style"``). With ``num_vectors`` = n the tokenizer
+      gains n tokens ``tok``, ``tok_1``, ..., ``tok_{n-1}`` (diffusers'
+      naming for multi-vector embeddings); it must be a new word, not one
+      the tokenizer already has.
+    * ``initializer_token``: a word (or a few) whose embedding the new
+      vectors start from; several tokens are spread cyclically over the
+      vectors (vector i starts from token ``i mod k``).
+    * ``num_vectors``: vectors per token (1 .. 75).
+    * ``template``: ``"object"`` / ``"style"`` train on prompt templates
+      ("a photo of a {}", "a painting in the style of {}"); ``"captions"``
+      trains on the dataset's captions with the placeholder put in for the
+      class word (or in front of the caption).
+    * ``embedding_lr``: learning rate of the embedding (``None``:
+      ``[training] learning_rate``); :data:`RECOMMENDED_LEARNING_RATE` is
+      the usual value.
+    """
+
+    placeholder_token: str
+    initializer_token: str
+    num_vectors: int = 1
+    template: str = "object"
+    embedding_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        token = _check_text("placeholder_token", self.placeholder_token)
+        if token != token.strip() or any(ch.isspace() for ch in token):
+            raise _fail("placeholder_token", f"must be one word without spaces, got {token!r}")
+        _check_text("initializer_token", self.initializer_token)
+        n = self.num_vectors
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise _fail("num_vectors", f"must be an integer, got {n!r}")
+        if not 1 <= n <= MAX_VECTORS:
+            raise _fail("num_vectors", f"must be in 1..{MAX_VECTORS}, got {n}")
+        if self.template not in CAPTION_MODES:
+            raise _fail(
+                "template",
+                f"must be one of {', '.join(map(repr, CAPTION_MODES))}, got {self.template!r}",
+            )
+        lr = self.embedding_lr
+        if lr is not None and (
+            isinstance(lr, bool)
+            or not isinstance(lr, (int, float))
+            or not math.isfinite(lr)
+            or lr <= 0
+        ):
+            raise _fail("embedding_lr", f"must be a finite number > 0 or absent, got {lr!r}")
+
+    @property
+    def tokens(self) -> list[str]:
+        """The tokens added to the tokenizer: ``tok``, ``tok_1``, ..., ``tok_{n-1}``."""
+        return placeholder_tokens(self.placeholder_token, self.num_vectors)
+
+    @property
+    def placeholder_text(self) -> str:
+        """What stands for the concept in a training caption: the tokens, space-separated."""
+        return " ".join(self.tokens)
+
+    @classmethod
+    def from_dict(cls, table: dict[str, Any]) -> TextualInversionConfig:
+        """Build from a ``[method]`` table without ``name``; unknown or missing keys are errors."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(table) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"method: unknown textual_inversion option(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        for required, example in (("placeholder_token", "<sks>"), ("initializer_token", "dog")):
+            if required not in table:
+                raise _fail(required, f"is required for textual_inversion (e.g. {example!r})")
+        return cls(**table)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def placeholder_tokens(placeholder: str, num_vectors: int) -> list[str]:
+    """``[tok, tok_1, ..., tok_{n-1}]``: how diffusers' ``load_textual_inversion`` names the
+    tokens of a multi-vector embedding (``_extend_tokens_and_embeddings``)."""
+    return [placeholder] + [f"{placeholder}_{i}" for i in range(1, num_vectors)]
