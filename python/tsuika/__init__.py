@@ -1,4 +1,33 @@
 """tsuika: additional training for Stable Diffusion (LoRA, Textual Inversion,
-DreamBooth, Hypernetworks) with a Rust data engine."""
+DreamBooth, Hypernetworks) with a Rust data engine.
+
+The entry points load lazily, so ``import tsuika`` stays cheap:
+
+- ``tsuika.train(config)``: run a training from a TOML path, a dict or a config.
+- ``tsuika.generate(...)``: pictures from a base model with any adapters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "train": ("tsuika.api", "train"),
+    "cv": ("tsuika.api", "cv"),
+    "lr_find": ("tsuika.api", "lr_find"),
+    "generate": ("tsuika.generate", "generate"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'tsuika' has no attribute {name!r}") from None
+    import importlib
+
+    return getattr(importlib.import_module(module), attr)
