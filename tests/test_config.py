@@ -119,7 +119,11 @@ def _err(tmp_path: Path, text: str, overrides: list[str] | None = None) -> str:
         ('[method]\nname = "lora"\nrank = "x"\n', ["method.rank", "integer"]),
         ('[method]\nname = "lora"\nrnak = 4\n', ["rnak", "allowed", "rank"]),
         ("[data]\nmin_bucket = 512\nmax_bucket = 256\n", ["data.min_bucket", "data.max_bucket"]),
-        ("[data]\nrandom_crop = true\n", ["data.cache_latents", "data.random_crop"]),
+        ("[validation]\npatience = 3\n", ["validation.patience", "validation.split"]),
+        ("[validation]\nsplit = 0.1\npatience = 0\n", ["validation.patience", ">= 1"]),
+        ("[data]\nrotation = 200\n", ["data.rotation", "<= 180"]),
+        ("[data]\ncolor_jitter = 1.5\n", ["data.color_jitter", "<= 1"]),
+        ("[data]\ncaption_dropout = 2\n", ["data.caption_dropout", "<= 1"]),
         ("[validation]\nsplit = 0.95\n", ["validation.split", "<= 0.9"]),
         ("[training]\nsteps = [\n", ["not valid TOML"]),
         ("training = 3\n", ["[training]", "table"]),
@@ -228,3 +232,20 @@ def test_registered_method_validates_its_own_table() -> None:
     finally:
         registry.METHODS.pop("fake_method")
         registry.DEFAULT_FORMATS.pop("fake_method")
+
+
+@pytest.mark.parametrize(
+    ("data", "blocked"),
+    [
+        ({"flip": True}, []),
+        ({"random_crop": True}, ["data.random_crop"]),
+        ({"rotation": 10.0, "color_jitter": 0.2}, ["data.rotation", "data.color_jitter"]),
+    ],
+)
+def test_cache_latents_with_augmentations_parses_and_names_what_cannot_be_cached(
+    data: dict, blocked: list[str]
+) -> None:
+    from tsuika.config import config_from_dict, uncacheable_augmentations
+
+    cfg = config_from_dict({"data": {"cache_latents": True, **data}})
+    assert uncacheable_augmentations(cfg.data) == blocked

@@ -25,3 +25,33 @@ def train(
     from tsuika.training.loop import train as run
 
     return run(as_run_config(config, overrides), resume=resume)
+
+
+def cv(
+    config: str | os.PathLike[str] | dict[str, Any] | RunConfig,
+    *,
+    folds: int = 5,
+    steps: int | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Cross-validate as ``tsuika cv`` does: ``folds`` short runs of ``steps`` (default
+    ``training.steps``) on disjoint folds; returns the curves, their mean and spread, and
+    ``recommended_steps`` (see :mod:`tsuika.training.cv`)."""
+    from tsuika.training.cv import cross_validate
+
+    return cross_validate(as_run_config(config, overrides), folds, steps)
+
+
+def lr_find(
+    config: str | os.PathLike[str] | dict[str, Any] | RunConfig,
+    *,
+    start: float = 1e-7,
+    end: float = 1.0,
+    steps: int = 200,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """The learning-rate range test of ``tsuika lr-find``; returns the swept rates, losses
+    and ``suggested_lr``, and writes ``lr_find.png`` in ``output.dir``."""
+    from tsuika.training.lr_find import lr_range_test
+
+    return lr_range_test(as_run_config(config, overrides), start=start, end=end, steps=steps)

@@ -67,13 +67,14 @@ class DataConfig:
     caption_extension: str = ".txt"
     cache_latents: bool = True
     flip: bool = False
-    rotation: float = _min(0.0, 0.0)
-    color_jitter: float = _min(0.0, 0.0)
+    rotation: float = field(default=0.0, metadata={"min": 0.0, "max": 180.0})
+    color_jitter: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     random_crop: bool = False
     no_upscale: bool = False
     shuffle_caption: bool = False
     keep_tokens: int = _min(0, 0)
-    caption_dropout: float = _min(0.0, 0.0)
+    caption_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    caption_tag_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     threads: int | None = None
 
 
@@ -115,13 +116,27 @@ class TrainingConfig:
 
 @dataclass
 class ValidationConfig:
-    """``[validation]``: held-out loss and early stopping (parsed; the loop is a later issue)."""
+    """``[validation]``: held-out loss and early stopping (``tsuika.training.validation``).
+
+    ``split`` (a fraction of the dataset's images, chosen by a seeded hash of
+    their relative paths) or ``folder`` (a dataset folder of its own) turns it
+    on; ``every`` steps (and at the last step) the deterministic validation
+    loss is computed over ``timesteps`` fixed timesteps per image. ``patience``
+    (evaluations without an improvement larger than ``min_delta``) stops early;
+    absent = off. ``overfit_window`` is the K of the overfitting warning.
+    """
 
     split: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
     folder: Path | None = None
     every: int = _min(100, 1)
-    patience: int | None = None
+    patience: int | None = field(default=None, metadata={"min": 1})
     min_delta: float = _min(0.0, 0.0)
+    timesteps: int = _min(4, 1)
+    overfit_window: int = _min(3, 1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.split > 0 or self.folder is not None
 
 
 @dataclass
@@ -382,20 +397,33 @@ def _check_consistency(cfg: RunConfig, where: str) -> None:
         raise ConfigError(
             f"{where}: data.min_bucket ({d.min_bucket}) must be <= data.max_bucket ({d.max_bucket})"
         )
-    if d.cache_latents and (d.random_crop or d.rotation or d.color_jitter):
-        raise ConfigError(
-            f"{where}: data.cache_latents = true cannot be combined with data.random_crop, "
-            "data.rotation or data.color_jitter (the augmentation would be frozen into the "
-            "cache); set data.cache_latents = false"
-        )
     if cfg.validation.split and cfg.validation.folder is not None:
         raise ConfigError(f"{where}: set validation.split or validation.folder, not both")
+    if cfg.validation.patience is not None and not cfg.validation.enabled:
+        raise ConfigError(
+            f"{where}: validation.patience needs a validation set; "
+            "set validation.split (e.g. 0.1) or validation.folder"
+        )
     from tsuika.training.optim import check_optimizer_name
 
     try:
         check_optimizer_name(cfg.training.optimizer)
     except ValueError as exc:
         raise ConfigError(f"{where}: training.optimizer: {exc}") from None
+
+
+def uncacheable_augmentations(data: DataConfig) -> list[str]:
+    """The [data] augmentations that a latent cache cannot hold (drawn anew every epoch).
+
+    A flip can be cached (a second latent per image); a rotation, a colour
+    jitter or a random crop cannot, so with any of them a run encodes on the fly.
+    """
+    found = {
+        "data.random_crop": data.random_crop,
+        "data.rotation": data.rotation > 0,
+        "data.color_jitter": data.color_jitter > 0,
+    }
+    return [name for name, on in found.items() if on]
 
 
 def as_run_config(config: Any, overrides: list[str] | None = None) -> RunConfig:

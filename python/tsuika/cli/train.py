@@ -5,6 +5,24 @@ from __future__ import annotations
 import click
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a run reports as a plain message (exit 1) instead of a traceback."""
+    from tsuika.data.scan import DatasetError
+    from tsuika.models import ArchitectureError, ModelLoadError
+    from tsuika.models import CheckpointError as ModelFileError
+    from tsuika.training.checkpoint import CheckpointError
+
+    return (
+        CheckpointError,
+        DatasetError,
+        ModelLoadError,
+        ModelFileError,
+        ArchitectureError,
+        ImportError,
+        FileNotFoundError,
+    )
+
+
 @click.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -28,20 +46,6 @@ def train(config: str, overrides: tuple[str, ...], resume: str | None) -> None:
     Several GPUs: ``accelerate launch -m tsuika.cli train CONFIG``.
     """
     from tsuika.config import ConfigError, load_config
-    from tsuika.data.scan import DatasetError
-    from tsuika.models import ArchitectureError, ModelLoadError
-    from tsuika.models import CheckpointError as ModelFileError
-    from tsuika.training.checkpoint import CheckpointError
-
-    user_errors = (
-        CheckpointError,
-        DatasetError,
-        ModelLoadError,
-        ModelFileError,
-        ArchitectureError,
-        ImportError,
-        FileNotFoundError,
-    )
 
     try:
         cfg = load_config(config, list(overrides))
@@ -51,9 +55,15 @@ def train(config: str, overrides: tuple[str, ...], resume: str | None) -> None:
 
     try:
         summary = run(cfg, resume=resume)
-    except user_errors as exc:
+    except user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     if summary:
         click.echo(
             f"trained {summary['method']} for {summary['steps_done']} steps: {summary['final_file']}"
         )
+        if summary.get("best_step") is not None:
+            early = " (stopped early)" if summary.get("stopped_early") else ""
+            click.echo(
+                f"best validation loss at step {summary['best_step']}{early}: {summary['best_file']}"
+            )
+        click.echo(f"loss plot: {summary['loss_plot']}")

@@ -4,7 +4,8 @@
 
 * ``adapter.safetensors`` -- :meth:`Method.adapter_state` (what the method trains)
 * ``state.pt`` -- optimizer, LR scheduler, RNG states (python, numpy, torch,
-  cuda), data position, step, loss history; loadable with ``weights_only=True``
+  cuda), data position, step, loss history, validation curve and early-stopping
+  state; loadable with ``weights_only=True``
 * ``config.json`` -- the run configuration that produced it
 
 The folder is written under a temporary name and renamed into place, so a
@@ -45,6 +46,7 @@ class TrainingState:
     rng: dict[str, Any] = field(default_factory=dict)
     train_loss: list[list[float]] = field(default_factory=list)
     seconds: float = 0.0  # training time spent before this checkpoint
+    validation: dict[str, Any] = field(default_factory=dict)  # curve, best step, patience
 
 
 def capture_rng() -> dict[str, Any]:

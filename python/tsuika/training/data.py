@@ -22,7 +22,7 @@ from tsuika.data.buckets import BucketSpec, group_by_bucket
 from tsuika.data.captions import CaptionOptions
 from tsuika.data.loader import AugmentOptions, BatchLoader
 from tsuika.data.sampler import Batch, BucketBatchSampler
-from tsuika.data.scan import require_images, scan_dataset
+from tsuika.data.scan import DatasetIndex, require_images, scan_dataset
 from tsuika.training.cache import LatentCache
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
@@ -37,18 +37,29 @@ def flip_draw(seed: int, epoch: int, key: int) -> bool:
 class TrainData:
     """The dataset of a run as an endless, resumable stream of batches."""
 
-    def __init__(self, cfg: RunConfig, *, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        index: DatasetIndex | None = None,
+        use_cache: bool | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        """``index``: the training images (default: all of ``data.path``); ``use_cache``:
+        whether batches will come from the latent cache (default ``data.cache_latents``)."""
         d, t = cfg.data, cfg.training
-        if d.path is None:
-            raise ValueError("data.path is required: the dataset folder or dataset TOML")
-        self.index = require_images(scan_dataset(d.path, caption_extension=d.caption_extension))
+        if index is None:
+            if d.path is None:
+                raise ValueError("data.path is required: the dataset folder or dataset TOML")
+            index = scan_dataset(d.path, caption_extension=d.caption_extension)
+        self.index = require_images(index)
+        use_cache = d.cache_latents if use_cache is None else use_cache
         self.groups = group_by_bucket(self.index, BucketSpec.from_config(d))
         self.sampler = BucketBatchSampler(
             self.groups.buckets, self.groups.repeats, t.batch_size, seed=t.seed
         )
-        captions = CaptionOptions(
-            shuffle=d.shuffle_caption, keep_tokens=d.keep_tokens, caption_dropout=d.caption_dropout
-        )
+        captions = CaptionOptions.from_config(d)
         self.loader = BatchLoader(
             self.index,
             self.groups.buckets,
@@ -56,7 +67,7 @@ class TrainData:
             augment=AugmentOptions.from_config(d),
             captions=captions,
             seed=t.seed,
-            prefetch=0 if d.cache_latents else 2,
+            prefetch=0 if use_cache else 2,
             threads=d.threads,
         )
         self.seed, self.flip, self.rank, self.world = t.seed, d.flip, rank, world

@@ -4,8 +4,11 @@ Per optimizer step: batches (pixels -> VAE, or cached latents) -> noise and
 timesteps from a generator seeded by (seed, step) -> UNet(+adapter) ->
 loss (+min-SNR weights, +L1) -> backward on the method's parameters only ->
 gradient clipping -> optimizer and LR-schedule step -> ``method.after_step()``;
-then logging, checkpoints and sample pictures at their intervals, and at the
-end the method's file and ``summary.json``.
+then logging, validation (``validation.py``: the held-out loss, early
+stopping, ``{name}-best``), checkpoints and sample pictures at their
+intervals, and at the end the method's file, ``summary.json`` and the loss
+plot ``loss.png`` (``plot.py``), with a warning when the curves show
+overfitting (``early_stop.py``).
 
 Devices, mixed precision and several GPUs come from ``accelerate``. One GPU
 or the CPU: ``tsuika train CONFIG``. Several GPUs::
@@ -26,6 +29,7 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +37,12 @@ from typing import Any
 
 import torch
 
-from tsuika.config import RunConfig
+from tsuika.config import RunConfig, uncacheable_augmentations
 from tsuika.methods.registry import build_method, default_format
 from tsuika.training import checkpoint as ckpt
 from tsuika.training.cache import TextCache, module_digest
 from tsuika.training.data import TrainData
+from tsuika.training.early_stop import overfit_warning
 from tsuika.training.noise import (
     add_noise,
     compute_snr,
@@ -51,6 +56,7 @@ from tsuika.training.noise import (
 )
 from tsuika.training.optim import build_optimizer, build_scheduler, optimizer_class
 from tsuika.training.report import Scalars, peak_memory, write_json_atomic
+from tsuika.training.validation import DataSplit, ValidationRun, make_split
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -89,7 +95,8 @@ def _set_max_norm(method: Any, max_norm: float) -> None:
 class Trainer:
     """A run in progress: model + method + optimizer + data, and the loop over them."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, split: DataSplit | None = None) -> None:
+        """``split``: the training and validation images (default: from ``[validation]``)."""
         from tsuika.models import load_base_model
 
         t = cfg.training
@@ -106,7 +113,16 @@ class Trainer:
             raise ValueError(
                 "model.path is required: a single .safetensors file or a diffusers folder"
             )
-        self.data = TrainData(cfg, rank=self.rank, world=self.accelerator.num_processes)
+        self.warnings: list[str] = []
+        self.use_cache = self._latent_cache_allowed()
+        split = split if split is not None else make_split(cfg)
+        self.data = TrainData(
+            cfg,
+            index=split.train,
+            use_cache=self.use_cache,
+            rank=self.rank,
+            world=self.accelerator.num_processes,
+        )
         self.model = load_base_model(
             cfg.model.path,
             vae=cfg.model.vae,
@@ -135,8 +151,28 @@ class Trainer:
         self.samples: list[str] = []
         self.checkpoints: list[str] = []
         self.out_dir = Path(cfg.output.dir)
+        self.cache_dir = self.out_dir / "cache" / "latents"  # content-keyed, shareable
+        self.validation = ValidationRun(self, split.val) if split.val is not None else None
 
     # ------------------------------------------------------------------ setup
+
+    def warn(self, message: str) -> None:
+        """A plain warning: on the console (main process) and in ``summary.json``."""
+        self.warnings.append(message)
+        if self.accelerator.is_main_process:
+            print(f"tsuika: warning: {message}", file=sys.stderr, flush=True)
+
+    def _latent_cache_allowed(self) -> bool:
+        d = self.cfg.data
+        blocked = uncacheable_augmentations(d)
+        if d.cache_latents and blocked:
+            self.warn(
+                f"data.cache_latents is on, but {', '.join(blocked)} change the picture at "
+                "every epoch and cannot be cached: latents are encoded on the fly for this run "
+                "(data.flip alone can be cached, as a second latent per image)"
+            )
+            return False
+        return d.cache_latents
 
     def _place_model(self) -> None:
         """Frozen weights in the weight dtype on the device; trainable ones stay float32."""
@@ -191,11 +227,12 @@ class Trainer:
             return self.text_cache.get(captions, self._encode_text)
 
     def enable_latent_cache(self) -> None:
-        if not self.cfg.data.cache_latents:
+        if not self.use_cache:
             return
-        folder = self.out_dir / "cache" / "latents"
         digest = module_digest(self.model.vae)
-        self.data.enable_cache(folder, digest, self._encode_pixels, self.cfg.training.batch_size)
+        self.data.enable_cache(
+            self.cache_dir, digest, self._encode_pixels, self.cfg.training.batch_size
+        )
 
     # ------------------------------------------------------------------ resume
 
@@ -216,6 +253,8 @@ class Trainer:
         ckpt.restore_rng(state.rng)
         self.step, self.position = state.step, (state.epoch, state.batch_index)
         self.history = [list(x) for x in state.train_loss]
+        if self.validation is not None:
+            self.validation.load_state(state.validation)
         self.seconds_before = state.seconds
         self.resumed_from = path
 
@@ -233,6 +272,7 @@ class Trainer:
             rng=ckpt.capture_rng(),
             train_loss=self.history,
             seconds=self.seconds_before + sum(self.step_seconds),
+            validation=self.validation.state() if self.validation is not None else {},
         )
         path = ckpt.save_checkpoint(
             self.out_dir, self.method.adapter_state(), state, self.cfg.to_dict()
@@ -319,14 +359,37 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     scalars.add({"loss/train": loss, "lr": lr}, self.step)
+                stop = self._validate(scalars, bar)
                 if t.save_every and self.step % t.save_every == 0:
                     self.save_checkpoint()
                 if cfg.sample.every and cfg.sample.prompts and self.step % cfg.sample.every == 0:
                     self.sample()
+                if stop:
+                    break
         finally:
             bar.close()
             scalars.close()
         return self.finish()
+
+    def _validate(self, scalars: Scalars, bar: Any) -> bool:
+        """Evaluate when due; True when early stopping says the run should end."""
+        v = self.validation
+        if v is None or not v.due(self.step, self.cfg.training.steps):
+            return False
+        stop = v.evaluate(self.step)
+        loss = v.history[-1][1]
+        scalars.add({"loss/validation": loss}, self.step)
+        if not self.accelerator.is_main_process:
+            return stop
+        best = v.early.best_step
+        bar.write(f"step {self.step}: validation loss {loss:.5f} (best: step {best})", sys.stderr)
+        if stop:
+            bar.write(
+                f"early stopping at step {self.step}: no improvement in "
+                f"{v.early.bad_evals} evaluations; best step {best}",
+                sys.stderr,
+            )
+        return stop
 
     def sample(self) -> None:
         from tsuika.training.sampling import sample_pictures, save_sample_grid
@@ -388,8 +451,25 @@ class Trainer:
             "samples": self.samples,
             "config": self.cfg.to_dict(),
         }
+        summary.update(self._curves())
+        summary["warnings"] = self.warnings
         write_json_atomic(self.out_dir / "summary.json", summary)
         return summary
+
+    def _curves(self) -> dict[str, Any]:
+        """Validation results, the overfitting warning and the loss plot."""
+        from tsuika.training.plot import plot_losses
+
+        out: dict[str, Any] = {}
+        val: list[list[float]] = []
+        if self.validation is not None:
+            out.update(self.validation.summary())
+            val = self.validation.history
+            message = overfit_warning(self.history, val, self.cfg.validation.overfit_window)
+            if message:
+                self.warn(message)
+        out["loss_plot"] = str(plot_losses(self.history, val, self.out_dir / "loss.png"))
+        return out
 
     def close(self) -> None:
         self.data.close()
