@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from tsuika.training.losses import per_sample_mse, prior_preservation_loss
 from tsuika.training.noise import (
     add_noise,
     compute_snr,
@@ -14,7 +15,6 @@ from tsuika.training.noise import (
     step_generator,
     training_target,
     velocity,
-    weighted_mse,
 )
 
 SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -79,10 +79,12 @@ def test_snr_and_min_snr_weights_against_hand_numbers() -> None:
 def test_weighted_mse_per_sample() -> None:
     pred = torch.zeros(2, 1, 2, 2)
     target = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)])
-    assert weighted_mse(pred, target).item() == pytest.approx((1 + 9) / 2)
-    assert weighted_mse(pred, target, torch.tensor([1.0, 0.5])).item() == pytest.approx(
-        (1 + 4.5) / 2
-    )
+    per = per_sample_mse(pred, target)
+    assert per.tolist() == [1.0, 9.0]
+    # without class samples the prior loss is the plain (weighted) mean
+    assert prior_preservation_loss(per, 2, 1.0).item() == pytest.approx((1 + 9) / 2)
+    weights = torch.tensor([1.0, 0.5])
+    assert prior_preservation_loss(per, 2, 1.0, weights).item() == pytest.approx((1 + 4.5) / 2)
 
 
 def test_step_generator_depends_only_on_its_inputs() -> None:

@@ -17,7 +17,7 @@ _LAZY = {
     "train": ("tsuika.api", "train"),
     "cv": ("tsuika.api", "cv"),
     "lr_find": ("tsuika.api", "lr_find"),
-    "generate": ("tsuika.generate", "generate"),
+    "generate": ("tsuika.generation", "generate"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -33,11 +33,22 @@ def _textual_inversion(table: dict[str, Any]) -> Method:
     return build(table)
 
 
+def _dreambooth(table: dict[str, Any]) -> Method:
+    from tsuika.methods.dreambooth import build
+
+    return build(table)
+
+
 METHODS: dict[str, MethodFactory] = {
     "lora": _lora,
     "textual_inversion": _textual_inversion,
+    "dreambooth": _dreambooth,
 }
-DEFAULT_FORMATS: dict[str, str] = {"lora": "kohya", "textual_inversion": "a1111"}
+DEFAULT_FORMATS: dict[str, str] = {
+    "lora": "kohya",
+    "textual_inversion": "a1111",
+    "dreambooth": "diffusers+single",
+}
 
 
 def register_method(name: str, factory: MethodFactory, default_format: str | None = None) -> None:

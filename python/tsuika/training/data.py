@@ -109,6 +109,7 @@ class TrainData:
         return {
             "latents": torch.stack(latents),
             "captions": self.loader.captions(batch),
+            "indices": list(batch.indices),
             "bucket": tuple(batch.bucket),
             "epoch": batch.epoch,
             "batch": batch.index,

@@ -29,6 +29,7 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from tsuika.training import checkpoint as ckpt
 from tsuika.training.cache import TextCache, module_digest
 from tsuika.training.data import TrainData
 from tsuika.training.early_stop import overfit_warning
+from tsuika.training.losses import per_sample_mse, prior_preservation_loss
 from tsuika.training.noise import (
     add_noise,
     compute_snr,
@@ -52,7 +54,6 @@ from tsuika.training.noise import (
     step_generator,
     step_seed,
     training_target,
-    weighted_mse,
 )
 from tsuika.training.optim import build_optimizer, build_scheduler, optimizer_class
 from tsuika.training.report import Scalars, peak_memory, write_json_atomic
@@ -131,6 +132,8 @@ class Trainer:
         )
         self.method = build_method(cfg.method.name, cfg.method.options)
         _set_max_norm(self.method, t.max_norm)
+        if hasattr(self.method, "seed"):
+            self.method.seed = t.seed  # e.g. DreamBooth's draw of class pictures
         _seed_everything(step_seed(t.seed, 0, purpose="init"))  # the adapter's initial weights
         self.method.prepare(self.model)
         self._place_model()
@@ -281,6 +284,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
+    def train_captions(self, batch: dict[str, Any], rng: random.Random) -> list[str]:
+        """The captions to train on: the method's caption hook (Textual Inversion's
+        templates, DreamBooth's instance prompt) applied to the batch's captions."""
+        tokens = [self.data.index[i].class_tokens for i in batch["indices"]]
+        return [self.caption_for(c, k, rng) for c, k in zip(batch["captions"], tokens, strict=True)]
+
+    def caption_for(self, caption: str, class_tokens: str, rng: random.Random) -> str:
+        """One caption through the method's caption hook (unchanged without one)."""
+        hook = getattr(self.method, "transform_caption", None)
+        return caption if hook is None else hook(caption, class_tokens, rng)
+
+    def _with_prior(
+        self, batch: dict[str, Any], latents: torch.Tensor, captions: list[str]
+    ) -> tuple[torch.Tensor, list[str], float]:
+        """Append the method's paired class pictures (prior preservation), if any."""
+        weight = float(getattr(self.method, "prior_loss_weight", 0.0))
+        paired_batch = getattr(self.method, "paired_batch", None)
+        if paired_batch is None or weight <= 0:
+            return latents, captions, 0.0
+        paired = paired_batch(batch, self.step)
+        if paired is None:
+            return latents, captions, 0.0
+        class_latents = self._encode_pixels(paired["pixels"])
+        return torch.cat([latents, class_latents]), captions + list(paired["captions"]), weight
+
     def _loss(self, batch: dict[str, Any], micro: int) -> torch.Tensor:
         t, m = self.cfg.training, self.model
         torch.manual_seed(step_seed(t.seed, self.step, micro, self.rank, "dropout"))
@@ -289,10 +317,15 @@ class Trainer:
             latents = batch["latents"].to(self.device)
         else:
             latents = self._encode_pixels(batch["pixels"])
+        n_instance = latents.shape[0]
+        captions = self.train_captions(
+            batch, random.Random(step_seed(t.seed, self.step, micro, self.rank, "caption"))
+        )
+        latents, captions, prior_weight = self._with_prior(batch, latents, captions)
         noise = sample_noise(latents, g, t.noise_offset)
         steps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), g)
         noisy = add_noise(latents, noise, steps, self.alphas_cumprod)
-        hidden = self._text_states(batch["captions"])
+        hidden = self._text_states(captions)
         timesteps = steps.to(self.device)
         with self.accelerator.autocast():
             pred = self.unet(
@@ -305,7 +338,8 @@ class Trainer:
         if t.min_snr_gamma > 0:
             snr = compute_snr(steps, self.alphas_cumprod)
             weights = min_snr_weights(snr, t.min_snr_gamma, m.prediction_type)
-        loss = weighted_mse(pred, target, weights)
+        per_sample = per_sample_mse(pred, target)
+        loss = prior_preservation_loss(per_sample, n_instance, prior_weight, weights)
         if t.l1 > 0:
             loss = loss + t.l1 * sum(p.abs().sum() for p in self.params)
         return loss

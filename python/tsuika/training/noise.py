@@ -114,13 +114,3 @@ def sample_timesteps(
 ) -> torch.Tensor:
     """Uniform integer timesteps in ``[0, num_train_timesteps)``."""
     return torch.randint(0, num_train_timesteps, (batch,), generator=generator, dtype=torch.long)
-
-
-def weighted_mse(
-    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean squared error per sample (float32), times ``weights``, averaged over the batch."""
-    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-    if weights is not None:
-        per_sample = per_sample * weights.to(per_sample.device)
-    return per_sample.mean()

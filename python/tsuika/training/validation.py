@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +162,20 @@ class Validator:
         self.seed = cfg.training.seed
         self.batch_size = cfg.training.batch_size
         buckets = group_by_bucket(index, BucketSpec.from_config(cfg.data)).buckets
+        keys = [item_key(index, i) for i in range(len(index))]
+        # Captions go through the method's caption hook (Textual Inversion's
+        # placeholder, DreamBooth's instance prompt) with a fixed draw per image.
         self.items: list[tuple[str, tuple[int, int], str]] = [
-            (item_key(index, i), buckets[i], index[i].caption) for i in range(len(index))
+            (
+                keys[i],
+                buckets[i],
+                trainer.caption_for(
+                    index[i].caption,
+                    index[i].class_tokens,
+                    random.Random(noise_seed(self.seed, keys[i], -1)),
+                ),
+            )
+            for i in range(len(index))
         ]
         self.paths = [index[i].path for i in range(len(index))]
         self.timesteps = fixed_timesteps(cfg.validation.timesteps, len(trainer.alphas_cumprod))
