@@ -12,10 +12,18 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tsuika.cli import prep, train
+    from tsuika.cli import convert, generate, merge, prep, train, vae
+    from tsuika.cli import cv as cv_cli
+    from tsuika.cli import lr_find as lr_find_cli
 
     main.add_command(prep.prep)
     main.add_command(train.train)
+    main.add_command(cv_cli.cv)
+    main.add_command(lr_find_cli.lr_find)
+    main.add_command(generate.generate)
+    main.add_command(merge.merge)
+    main.add_command(convert.convert)
+    main.add_command(vae.vae)
 
 
 _register()
