@@ -39,15 +39,23 @@ def _dreambooth(table: dict[str, Any]) -> Method:
     return build(table)
 
 
+def _hypernetwork(table: dict[str, Any]) -> Method:
+    from tsuika.methods.hypernetwork import HypernetworkConfig, HypernetworkMethod
+
+    return HypernetworkMethod(HypernetworkConfig.from_dict(table))
+
+
 METHODS: dict[str, MethodFactory] = {
     "lora": _lora,
     "textual_inversion": _textual_inversion,
     "dreambooth": _dreambooth,
+    "hypernetwork": _hypernetwork,
 }
 DEFAULT_FORMATS: dict[str, str] = {
     "lora": "kohya",
     "textual_inversion": "a1111",
     "dreambooth": "diffusers+single",
+    "hypernetwork": "a1111",
 }
 
 
