@@ -16,8 +16,6 @@ and the scan goes on. Warnings, which do not stop a file from training:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from tsuika import _native
+from tsuika.atomic import write_bytes_atomic
 from tsuika.data.buckets import BucketSpec, Size
 from tsuika.data.scan import DatasetIndex, ImageItem
 
@@ -257,18 +256,6 @@ def output_name(rel: str) -> str:
     return rel if path.suffix.lower() in KEPT_EXTENSIONS else path.with_suffix(".png").as_posix()
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    data = src.read_bytes()
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_dataset(
     report: PrepReport,
     out: str | Path,
@@ -315,7 +302,7 @@ def export_dataset(
         caption = f.item.caption_path
         if caption is not None:
             try:
-                _copy_atomic(caption, dst.with_name(dst.stem + caption.suffix))
+                write_bytes_atomic(dst.with_name(dst.stem + caption.suffix), caption.read_bytes())
             except OSError as exc:
                 f.problems.append(
                     Problem(

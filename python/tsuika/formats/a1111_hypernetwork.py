@@ -31,13 +31,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tsuika.atomic import atomic_write
 
 # Fields of the file besides the layers, with A1111's defaults for absent ones.
 FIELD_DEFAULTS: dict[str, Any] = {
@@ -315,20 +316,6 @@ def _metadata(value: Any) -> dict[str, str]:
 # --- writing ------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Write through ``write(temp path)`` in the same folder, then ``os.replace`` into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _plain(state: Mapping[str, torch.Tensor]) -> ModuleState:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
@@ -340,7 +327,7 @@ def save_a1111_hypernetwork(path: str | os.PathLike, hf: HypernetworkFile) -> Pa
     data.update(hf.fields())
     data["optional_info"] = "trained with tsuika"
     data["metadata"] = {str(k): str(v) for k, v in hf.metadata.items()}
-    return _atomic_write(Path(path), lambda tmp: torch.save(data, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save(data, tmp))
 
 
 def save_safetensors_hypernetwork(path: str | os.PathLike, hf: HypernetworkFile) -> Path:
@@ -350,7 +337,7 @@ def save_safetensors_hypernetwork(path: str | os.PathLike, hf: HypernetworkFile)
     tensors = flat_state(hf.layers)
     header = {str(k): str(v) for k, v in hf.metadata.items() if k not in FIELD_DEFAULTS}
     header.update({key: json.dumps(value) for key, value in hf.fields().items()})
-    return _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def flat_state(layers: Mapping[int, tuple[ModuleState, ModuleState]]) -> dict[str, torch.Tensor]:

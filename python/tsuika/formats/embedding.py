@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from tsuika.atomic import atomic_write
 
 A1111_STAR_TOKEN_ID = 265  # CLIP's id of "*", the key A1111 writes in string_to_token
 EMB_PARAMS = "emb_params"
@@ -263,19 +264,6 @@ class EmbeddingInfo:
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors header (strings)
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _plain(vectors: Vectors, fmt: str) -> torch.Tensor:
     if not isinstance(vectors, torch.Tensor):
         raise EmbeddingFileError(
@@ -298,14 +286,14 @@ def _write_a1111(path: Path, vectors: Vectors, info: EmbeddingInfo) -> Path:
         "sd_checkpoint": info.sd_checkpoint,
         "sd_checkpoint_name": info.sd_checkpoint_name,
     }
-    return _atomic(path, lambda tmp: torch.save(data, tmp))
+    return atomic_write(path, lambda tmp: torch.save(data, tmp))
 
 
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], info: EmbeddingInfo) -> Path:
     from safetensors.torch import save_file
 
     meta = _strings(info.metadata)
-    return _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _write_emb_params(path: Path, vectors: Vectors, info: EmbeddingInfo) -> Path:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from tsuika.atomic import atomic_write
 
 PREFIXES = ("lora_unet", "lora_te", "lora_te1", "lora_te2")
 TEXT_PREFIXES = ("lora_te", "lora_te1", "lora_te2")
@@ -245,17 +246,7 @@ def atomic_save_safetensors(
     """Write to a temporary file in the same folder, then ``os.replace`` it into place."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(dict(tensors), tmp, metadata=dict(metadata)))
 
 
 def save_kohya_lora(

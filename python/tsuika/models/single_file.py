@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from tsuika.atomic import atomic_write
 
 from .base import BaseModel
 from .original_layout import (
@@ -154,16 +155,7 @@ def save_single_file(
         state[key] = tensor.contiguous()
     header = {CONFIGS_METADATA_KEY: json.dumps(stored_configs(model), default=_json_default)}
     header.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
 
 
 def _json_default(value: object) -> object:

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tsuika.atomic import atomic_write
+
 
 def file_digest(path: str | os.PathLike[str]) -> str:
     """blake2b of a file's bytes (hex)."""
@@ -81,10 +83,8 @@ class LatentCache:
     def store(self, key: str, latents: torch.Tensor) -> None:
         """Write one latent [C, h, w] atomically."""
         target = self.file(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        save_file({"latents": latents.detach().float().cpu().contiguous()}, str(tmp))
-        os.replace(tmp, target)
+        tensors = {"latents": latents.detach().float().cpu().contiguous()}
+        atomic_write(target, lambda tmp: save_file(tensors, tmp))
 
     def fill(
         self,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import resource
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from tsuika.atomic import write_json_atomic
+
+__all__ = ["Scalars", "peak_memory", "write_json_atomic"]
 
 
 class Scalars:
@@ -44,12 +45,3 @@ def peak_memory() -> dict[str, int]:
     if torch.cuda.is_available():
         out["cuda_bytes"] = int(torch.cuda.max_memory_allocated())
     return out
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-    return path

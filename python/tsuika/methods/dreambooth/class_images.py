@@ -15,9 +15,7 @@ disk always has its caption. As diffusers' DreamBooth example does, at most
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from tsuika.atomic import atomic_write
 from tsuika.data.scan import IMAGE_EXTENSIONS
 from tsuika.models.base import BaseModel
 
@@ -109,25 +108,12 @@ class ClassImages:
         return torch.from_numpy(_native.load_batch(paths, width, height, crop="center"))
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_class_picture(folder: Path, index: int, image, prompt: str) -> Path:
     """Write ``class-{index}.txt`` (the prompt) then ``class-{index}.png``, atomically."""
     stem = class_stem(index)
-    _write_atomic(
-        folder / f"{stem}{CAPTION_EXTENSION}", lambda t: Path(t).write_text(prompt + "\n")
-    )
+    atomic_write(folder / f"{stem}{CAPTION_EXTENSION}", lambda t: Path(t).write_text(prompt + "\n"))
     path = folder / f"{stem}.png"
-    _write_atomic(path, lambda t: image.save(t, format="PNG"))
+    atomic_write(path, lambda t: image.save(t, format="PNG"))
     return path
 
 
