@@ -119,3 +119,24 @@ def sample_dataset(tmp_path: Path) -> Path:
     from tsuika.data.sample import draw_sample_dataset
 
     return draw_sample_dataset(tmp_path / "sample", n=9, seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: the tiny models run fastest so, and a
+    small shared machine thrashes on more. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD1-shaped model (random weights, seed 0) saved as a diffusers folder."""
+    from tsuika.models import build_tiny_model, save_diffusers
+
+    return save_diffusers(build_tiny_model(seed=0), tmp_path_factory.mktemp("model") / "tiny")

@@ -19,22 +19,11 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from tsuika.cli.train import train as train_command
 from tsuika.methods.dreambooth import DreamBoothMethod
-from tsuika.models import build_tiny_model, save_diffusers
 
 CLASS_PROMPT = "a photo of a shape"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_diffusers(build_tiny_model(seed=0), tmp_path_factory.mktemp("model") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +113,10 @@ def check_wiring(calls: dict[str, list[Any]], tmp_path: Path) -> None:
     assert CLASS_PROMPT not in calls["captions"]
 
 
-def test_full_dreambooth_run(tiny_model: Path, dataset: Path, tmp_path: Path, spies) -> None:
+def test_full_dreambooth_run(tiny_model_dir: Path, dataset: Path, tmp_path: Path, spies) -> None:
     from diffusers import StableDiffusionPipeline
 
-    summary = run(tmp_path, tiny_model, dataset, {}, {"format": "diffusers+single"})
+    summary = run(tmp_path, tiny_model_dir, dataset, {}, {"format": "diffusers+single"})
     check_wiring(spies, tmp_path)
     out = tmp_path / "out"
     assert summary["method"] == "dreambooth" and summary["steps_done"] == 2
@@ -136,9 +125,9 @@ def test_full_dreambooth_run(tiny_model: Path, dataset: Path, tmp_path: Path, sp
 
     folder = StableDiffusionPipeline.from_pretrained(str(out / "sks"), local_files_only=True)
     single = StableDiffusionPipeline.from_single_file(
-        str(out / "sks.safetensors"), config=str(tiny_model), local_files_only=True
+        str(out / "sks.safetensors"), config=str(tiny_model_dir), local_files_only=True
     )
-    base = StableDiffusionPipeline.from_pretrained(str(tiny_model), local_files_only=True)
+    base = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), local_files_only=True)
     g = torch.Generator().manual_seed(0)
     x, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
     with torch.no_grad():
@@ -149,8 +138,8 @@ def test_full_dreambooth_run(tiny_model: Path, dataset: Path, tmp_path: Path, sp
         assert torch.equal(folder.text_encoder.state_dict()[name], value), name
 
 
-def test_dreambooth_lora_run(tiny_model: Path, dataset: Path, tmp_path: Path, spies) -> None:
-    summary = run(tmp_path, tiny_model, dataset, {"lora": True, "rank": 4, "alpha": 4}, {})
+def test_dreambooth_lora_run(tiny_model_dir: Path, dataset: Path, tmp_path: Path, spies) -> None:
+    summary = run(tmp_path, tiny_model_dir, dataset, {"lora": True, "rank": 4, "alpha": 4}, {})
     check_wiring(spies, tmp_path)
     final = tmp_path / "out" / "sks.safetensors"
     assert summary["final_file"] == str(final)

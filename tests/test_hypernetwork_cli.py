@@ -14,20 +14,9 @@ from PIL import Image, ImageDraw
 from tsuika.cli.train import train as train_command
 from tsuika.formats.a1111_hypernetwork import load_hypernetwork_file
 from tsuika.methods.hypernetwork import apply_hypernetwork_file
-from tsuika.models import build_tiny_model, load_base_model, save_diffusers
+from tsuika.models import load_base_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_diffusers(build_tiny_model(seed=0), tmp_path_factory.mktemp("model") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +35,12 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("fmt, suffix", [("a1111", ".pt"), ("safetensors", ".safetensors")])
-def test_hypernetwork_run(tiny_model: Path, dataset: Path, tmp_path: Path, fmt, suffix) -> None:
+def test_hypernetwork_run(tiny_model_dir: Path, dataset: Path, tmp_path: Path, fmt, suffix) -> None:
     cfg = tmp_path / "run.toml"
     cfg.write_text(
         f"""
 [model]
-path = {json.dumps(str(tiny_model))}
+path = {json.dumps(str(tiny_model_dir))}
 [data]
 path = {json.dumps(str(dataset))}
 resolution = 64
@@ -82,7 +71,7 @@ format = "{fmt}"
     loaded = load_hypernetwork_file(final)
     assert loaded is not None
 
-    model = load_base_model(tiny_model)
+    model = load_base_model(tiny_model_dir)
     g = torch.Generator().manual_seed(0)
     x, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
     with torch.no_grad():

@@ -14,13 +14,7 @@ from tsuika.methods.lora.stack import apply_lora_files
 from tsuika.models import BaseModel, load_base_model, save_diffusers, save_single_file
 from tsuika.models.tiny import build_tiny_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

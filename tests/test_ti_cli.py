@@ -13,20 +13,9 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 from tsuika.cli.train import train as train_command
 from tsuika.formats.embedding import load_embedding
-from tsuika.models import build_tiny_model, load_base_model, save_diffusers
+from tsuika.models import load_base_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_diffusers(build_tiny_model(seed=0), tmp_path_factory.mktemp("model") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -83,23 +72,23 @@ format = "{fmt}"
         ("diffusers", "captions", ".safetensors"),
     ],
 )
-def test_textual_inversion_run(tiny_model, dataset, tmp_path, fmt, template, suffix):
+def test_textual_inversion_run(tiny_model_dir, dataset, tmp_path, fmt, template, suffix):
     from diffusers import StableDiffusionPipeline
 
-    summary = _train(tmp_path, tiny_model, dataset, fmt, template)
+    summary = _train(tmp_path, tiny_model_dir, dataset, fmt, template)
     final = Path(summary["final_file"])
     assert final == tmp_path / "out" / f"zkz{suffix}" and summary["steps_done"] == 3
     vectors, _ = load_embedding(final)
     assert vectors.shape == (2, 32)
 
     # the vectors learned: they left the initializer's embedding
-    base = load_base_model(tiny_model)
+    base = load_base_model(tiny_model_dir)
     init_id = base.tokenizer.convert_tokens_to_ids("shape</w>")
     init = base.text_encoder.get_input_embeddings().weight[init_id].detach()
     assert (vectors - init).abs().max() > 1e-4
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(tiny_model), local_files_only=True, safety_checker=None, feature_extractor=None
+        str(tiny_model_dir), local_files_only=True, safety_checker=None, feature_extractor=None
     )
     pipe.load_textual_inversion(str(final), token="<zkz>")
     prompt = pipe.maybe_convert_prompt("<zkz>", pipe.tokenizer)  # "<zkz> <zkz>_1"

@@ -12,13 +12,7 @@ import torch
 from tsuika.methods.textual_inversion import PlaceholderError, build
 from tsuika.models.tiny import build_tiny_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

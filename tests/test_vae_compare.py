@@ -16,13 +16,7 @@ from tsuika.models import save_diffusers
 from tsuika.models.tiny import build_tiny_model, tiny_vae_config
 from tsuika.vae_compare import compare, psnr, ssim
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n: int, size: int, seed: int) -> torch.Tensor:
