@@ -153,13 +153,14 @@ pub fn in_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) ->
     }
 }
 
-/// Fill `out` (float32, [B, 3, H, W], values in [-1, 1]) from `paths`.
-pub fn load_batch_f32(
+/// Load every picture of `paths` into its slot of `out` with `write`, in parallel.
+fn fill<T: Send>(
     paths: &[PathBuf],
     width: u32,
     height: u32,
     opts: &BatchOptions,
-    out: &mut [f32],
+    out: &mut [T],
+    write: impl Fn(&RgbImage, &mut [T]) + Sync,
 ) -> Result<()> {
     check_batch(paths, width, height, out.len(), 3)?;
     let per = (3 * width * height) as usize;
@@ -169,10 +170,21 @@ pub fn load_batch_f32(
             .enumerate()
             .try_for_each(|(i, (slot, path))| {
                 let img = load_one(path, (width, height), &draw_for(opts, i), &opts.decode)?;
-                write_chw_f32(&img, slot);
+                write(&img, slot);
                 Ok(())
             })
     })?
+}
+
+/// Fill `out` (float32, [B, 3, H, W], values in [-1, 1]) from `paths`.
+pub fn load_batch_f32(
+    paths: &[PathBuf],
+    width: u32,
+    height: u32,
+    opts: &BatchOptions,
+    out: &mut [f32],
+) -> Result<()> {
+    fill(paths, width, height, opts, out, write_chw_f32)
 }
 
 /// Fill `out` (uint8, [B, H, W, 3]) from `paths`.
@@ -183,18 +195,9 @@ pub fn load_batch_u8(
     opts: &BatchOptions,
     out: &mut [u8],
 ) -> Result<()> {
-    check_batch(paths, width, height, out.len(), 3)?;
-    let per = (3 * width * height) as usize;
-    in_pool(opts.threads, || {
-        out.par_chunks_mut(per)
-            .zip(paths.par_iter())
-            .enumerate()
-            .try_for_each(|(i, (slot, path))| {
-                let img = load_one(path, (width, height), &draw_for(opts, i), &opts.decode)?;
-                slot.copy_from_slice(img.as_raw());
-                Ok(())
-            })
-    })?
+    fill(paths, width, height, opts, out, |img, slot| {
+        slot.copy_from_slice(img.as_raw())
+    })
 }
 
 #[cfg(test)]

@@ -83,93 +83,57 @@ fn options(
     })
 }
 
-#[pyfunction]
-#[pyo3(signature = (paths, width, height, *, flip = None, crop = "center", threads = None, seed = 0,
-    epoch = 0, indices = None, rotation = 0.0, color_jitter = 0.0, max_pixels = DEFAULT_MAX_PIXELS,
-    background = (255, 255, 255)))]
-#[allow(clippy::too_many_arguments)]
-fn load_batch<'py>(
-    py: Python<'py>,
-    paths: Vec<PathBuf>,
-    width: u32,
-    height: u32,
-    flip: Option<&Bound<'py, PyAny>>,
-    crop: &str,
-    threads: Option<usize>,
-    seed: u64,
-    epoch: u64,
-    indices: Option<Vec<u64>>,
-    rotation: f32,
-    color_jitter: f32,
-    max_pixels: u64,
-    background: (u8, u8, u8),
-) -> PyResult<Bound<'py, PyArray4<f32>>> {
-    let no = pyo3::types::PyBool::new(py, false).to_owned().into_any();
-    let flip = flip.unwrap_or(&no);
-    let n = paths.len();
-    let opts = options(
-        n,
-        flip,
-        crop,
-        threads,
-        seed,
-        epoch,
-        indices,
-        rotation,
-        color_jitter,
-        max_pixels,
-        background,
-    )?;
-    let (w, h) = (width as usize, height as usize);
-    let mut buf = vec![0f32; n * 3 * w * h];
-    py.detach(|| batch::load_batch_f32(&paths, width, height, &opts, &mut buf))
-        .map_err(to_py)?;
-    buf.into_pyarray(py).reshape([n, 3, h, w])
+/// One `#[pyfunction]` per output type: same arguments, the core's `$fill`
+/// into a `$elem` buffer of `$shape`, handed to numpy without a copy.
+macro_rules! batch_function {
+    ($name:ident, $elem:ty, $fill:path, |$n:ident, $h:ident, $w:ident| $shape:expr) => {
+        #[pyfunction]
+        #[pyo3(signature = (paths, width, height, *, flip = None, crop = "center", threads = None,
+                    seed = 0, epoch = 0, indices = None, rotation = 0.0, color_jitter = 0.0,
+                    max_pixels = DEFAULT_MAX_PIXELS, background = (255, 255, 255)))]
+        #[allow(clippy::too_many_arguments)]
+        fn $name<'py>(
+            py: Python<'py>,
+            paths: Vec<PathBuf>,
+            width: u32,
+            height: u32,
+            flip: Option<&Bound<'py, PyAny>>,
+            crop: &str,
+            threads: Option<usize>,
+            seed: u64,
+            epoch: u64,
+            indices: Option<Vec<u64>>,
+            rotation: f32,
+            color_jitter: f32,
+            max_pixels: u64,
+            background: (u8, u8, u8),
+        ) -> PyResult<Bound<'py, PyArray4<$elem>>> {
+            let no = pyo3::types::PyBool::new(py, false).to_owned().into_any();
+            let $n = paths.len();
+            let opts = options(
+                $n,
+                flip.unwrap_or(&no),
+                crop,
+                threads,
+                seed,
+                epoch,
+                indices,
+                rotation,
+                color_jitter,
+                max_pixels,
+                background,
+            )?;
+            let ($w, $h) = (width as usize, height as usize);
+            let mut buf = vec![<$elem>::default(); $n * 3 * $w * $h];
+            py.detach(|| $fill(&paths, width, height, &opts, &mut buf))
+                .map_err(to_py)?;
+            buf.into_pyarray(py).reshape($shape)
+        }
+    };
 }
 
-#[pyfunction]
-#[pyo3(signature = (paths, width, height, *, flip = None, crop = "center", threads = None, seed = 0,
-    epoch = 0, indices = None, rotation = 0.0, color_jitter = 0.0, max_pixels = DEFAULT_MAX_PIXELS,
-    background = (255, 255, 255)))]
-#[allow(clippy::too_many_arguments)]
-fn load_batch_u8<'py>(
-    py: Python<'py>,
-    paths: Vec<PathBuf>,
-    width: u32,
-    height: u32,
-    flip: Option<&Bound<'py, PyAny>>,
-    crop: &str,
-    threads: Option<usize>,
-    seed: u64,
-    epoch: u64,
-    indices: Option<Vec<u64>>,
-    rotation: f32,
-    color_jitter: f32,
-    max_pixels: u64,
-    background: (u8, u8, u8),
-) -> PyResult<Bound<'py, PyArray4<u8>>> {
-    let no = pyo3::types::PyBool::new(py, false).to_owned().into_any();
-    let flip = flip.unwrap_or(&no);
-    let n = paths.len();
-    let opts = options(
-        n,
-        flip,
-        crop,
-        threads,
-        seed,
-        epoch,
-        indices,
-        rotation,
-        color_jitter,
-        max_pixels,
-        background,
-    )?;
-    let (w, h) = (width as usize, height as usize);
-    let mut buf = vec![0u8; n * 3 * w * h];
-    py.detach(|| batch::load_batch_u8(&paths, width, height, &opts, &mut buf))
-        .map_err(to_py)?;
-    buf.into_pyarray(py).reshape([n, h, w, 3])
-}
+batch_function!(load_batch, f32, batch::load_batch_f32, |n, h, w| [n, 3, h, w]);
+batch_function!(load_batch_u8, u8, batch::load_batch_u8, |n, h, w| [n, h, w, 3]);
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_batch, m)?)?;
