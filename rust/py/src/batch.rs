@@ -85,12 +85,13 @@ fn options(
 
 /// One `#[pyfunction]` per output type: same arguments, the core's `$fill`
 /// into a `$elem` buffer of `$shape`, handed to numpy without a copy.
+#[rustfmt::skip] // rustfmt re-indents the attribute's continuation lines on every run
 macro_rules! batch_function {
     ($name:ident, $elem:ty, $fill:path, |$n:ident, $h:ident, $w:ident| $shape:expr) => {
         #[pyfunction]
         #[pyo3(signature = (paths, width, height, *, flip = None, crop = "center", threads = None,
-                    seed = 0, epoch = 0, indices = None, rotation = 0.0, color_jitter = 0.0,
-                    max_pixels = DEFAULT_MAX_PIXELS, background = (255, 255, 255)))]
+            seed = 0, epoch = 0, indices = None, rotation = 0.0, color_jitter = 0.0,
+            max_pixels = DEFAULT_MAX_PIXELS, background = (255, 255, 255)))]
         #[allow(clippy::too_many_arguments)]
         fn $name<'py>(
             py: Python<'py>,
