@@ -14,6 +14,7 @@ def main() -> None:
 def _register() -> None:
     from tsuika.cli import convert, generate, merge, prep, train, vae
     from tsuika.cli import cv as cv_cli
+    from tsuika.cli import demo as demo_cli
     from tsuika.cli import lr_find as lr_find_cli
 
     main.add_command(prep.prep)
@@ -24,6 +25,7 @@ def _register() -> None:
     main.add_command(merge.merge)
     main.add_command(convert.convert)
     main.add_command(vae.vae)
+    main.add_command(demo_cli.demo)
 
 
 _register()

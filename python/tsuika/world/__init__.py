@@ -8,6 +8,7 @@ Training: ``tsuika.world.fit.train_evaluator`` or ``python -m tsuika.world.train
 
 from typing import Any
 
+from .base import base_model_path
 from .render import (
     BACKGROUNDS,
     COLOURS,
@@ -41,6 +42,7 @@ __all__ = [
     "EvaluatorError",
     "Scene",
     "WorldError",
+    "base_model_path",
     "caption",
     "load_evaluator",
     "render",

@@ -1,0 +1,226 @@
+"""Quality bench: does each method teach the tiny world's model something new
+without breaking what it knew?
+
+    /work/main/.venv/bin/python benches/quality.py [--out DIR] [--methods lora,...]
+        [--steps-scale 1.0] [--eval 16] [--seed 0] [--json]
+
+For every method, with the image counts the mission names (Textual Inversion
+4, LoRA 30, DreamBooth 15 + class images, Hypernetwork 200 pictures), the
+shipped base (:func:`tsuika.world.base_model_path`, pretrained without hearts)
+learns the heart under the identifier ``zkz`` (``<zkz>`` for Textual
+Inversion, whose placeholder must be a new word). Pictures of the concept are
+never blue. The evaluator then measures, over ``--eval`` pictures per prompt:
+
+- fidelity: share of pictures for "a zkz" that show a heart;
+- composition: share for "a blue zkz on a white background" that show a blue heart;
+- prior preservation: share right (shape and colour) over three known prompts,
+  with the adapted model against the base model;
+- early stopping (validation folder of 8 other concept pictures, patience 3):
+  the step it chose (lowest validation loss) against the checkpoint whose
+  pictures score the best fidelity.
+
+A method not registered in :data:`tsuika.methods.registry.METHODS` is
+reported as "not available"; one that fails reports its error. Nothing is faked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRIOR_PROMPTS = {
+    "a red circle on a white background": {"shape": "circle", "colour": "red"},
+    "a blue square": {"shape": "square", "colour": "blue"},
+    "a green triangle on a black background": {"shape": "triangle", "colour": "green"},
+}
+
+
+@dataclass
+class Spec:
+    """One method's run: pictures, steps, learning rate and ``[method]`` table."""
+
+    images: int
+    steps: int
+    learning_rate: float
+    table: dict[str, Any]
+    identifier: str = "zkz"
+    batch_size: int = 8
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def specs(root: Path) -> dict[str, Spec]:
+    return {
+        "textual_inversion": Spec(
+            4, 400, 5e-3,
+            {"placeholder_token": "<zkz>", "initializer_token": "shape", "template": "captions"},
+            identifier="<zkz>", batch_size=4, note="4 pictures",
+        ),
+        "lora": Spec(
+            30, 400, 2e-3, {"rank": 8, "alpha": 8, "train_text_encoder": True}, note="30 pictures"
+        ),
+        "dreambooth": Spec(
+            15, 300, 2e-4,
+            {"instance_prompt": "a zkz", "class_prompt": "a shape", "use_captions": True,
+             "class_data": str(root / "dreambooth" / "class"), "num_class_images": 30,
+             "class_generation_steps": 20, "train_text_encoder": True},
+            note="15 pictures + 30 class pictures",
+        ),
+        "hypernetwork": Spec(
+            200, 400, 1e-3, {"dims": [48, 32, 64]}, note="200 pictures (hearts as a 'style')"
+        ),
+    }  # fmt: skip
+
+
+def run_config(base: Path, data: Path, val: Path, out: Path, name: str, spec: Spec, seed: int):
+    every = max(1, spec.steps // 8)
+    return {
+        "model": {"path": str(base)},
+        "data": {"path": str(data), "resolution": 64, "min_bucket": 64, "max_bucket": 64,
+                 "bucket_step": 64},
+        "method": {"name": name, **spec.table},
+        "training": {"steps": spec.steps, "batch_size": spec.batch_size,
+                     "learning_rate": spec.learning_rate, "seed": seed, "save_every": every,
+                     "log_every": every},
+        "validation": {"folder": str(val), "every": every, "patience": 3},
+        "output": {"dir": str(out), "name": name},
+    }  # fmt: skip
+
+
+def adapted_model(base: Path, name: str, table: dict[str, Any], checkpoint: Path):
+    """The base with the method's adapter from a training checkpoint, ready to sample."""
+    from safetensors.torch import load_file
+    from tsuika.methods.registry import build_method
+    from tsuika.models import load_base_model
+
+    model = load_base_model(base)
+    method = build_method(name, table)
+    method.prepare(model)
+    method.load_adapter_state(load_file(str(checkpoint / "adapter.safetensors")))
+    for module in (model.unet, model.text_encoder, model.vae):
+        module.eval()
+    return model
+
+
+def scores(model, evaluator, concept, n: int) -> dict[str, float]:
+    from tsuika.demo import sample, share
+
+    fidelity = share(evaluator, sample(model, concept.prompt, n), shape=concept.shape)
+    composition = share(
+        evaluator, sample(model, concept.composition_prompt, n),
+        shape=concept.shape, colour=concept.withheld_colour,
+    )  # fmt: skip
+    prior = [
+        share(evaluator, sample(model, p, max(4, n // 2)), **expected)
+        for p, expected in PRIOR_PROMPTS.items()
+    ]
+    return {"fidelity": fidelity, "composition": composition, "prior": sum(prior) / len(prior)}
+
+
+def run_method(name: str, spec: Spec, base: Path, root: Path, evaluator, n: int, seed: int, log):
+    import tsuika
+    from tsuika.demo import Concept, prepare_dataset
+    from tsuika.methods.registry import METHODS
+
+    if name not in METHODS:
+        return {"status": "not available"}
+    concept = Concept(identifier=spec.identifier)
+    folder = root / name
+    data, _ = prepare_dataset(folder / "data", concept.scenes(spec.images, seed), concept.caption)
+    val, _ = prepare_dataset(folder / "val", concept.scenes(8, seed + 1), concept.caption)
+    start = time.time()
+    summary = tsuika.train(run_config(base, data, val, folder / "out", name, spec, seed))
+    seconds = time.time() - start
+    log(
+        f"{name}: trained {summary['steps_done']} steps in {seconds:.0f}s, best_step {summary.get('best_step')}"
+    )
+    curve = {}
+    for ckpt in sorted(
+        (folder / "out" / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:])
+    ):
+        model = adapted_model(base, name, spec.table, ckpt)
+        from tsuika.demo import sample, share
+
+        curve[int(ckpt.name[5:])] = share(
+            evaluator, sample(model, concept.prompt, 8), shape=concept.shape
+        )
+    if not curve:
+        raise RuntimeError(f"{folder / 'out' / 'checkpoints'}: no checkpoints to evaluate")
+    last = max(curve)
+    final = scores(adapted_model(base, name, spec.table, folder / "out" / "checkpoints" / f"step-{last}"),
+                   evaluator, concept, n)  # fmt: skip
+    best_scoring = max(curve, key=lambda s: (curve[s], -s))
+    return {
+        "status": "ok", "note": spec.note, "steps_done": summary["steps_done"],
+        "train_seconds": round(seconds, 1), **final,
+        "early_stop_step": summary.get("best_step"), "stopped_early": summary.get("stopped_early"),
+        "best_scoring_step": best_scoring, "fidelity_by_step": curve,
+    }  # fmt: skip
+
+
+def table(results: dict[str, dict[str, Any]], base_scores: dict[str, float]) -> str:
+    head = ("| method | data | steps | fidelity | composition | prior (base {:.2f}) "
+            "| early-stop step | best-scoring step |").format(base_scores["prior"])  # fmt: skip
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    lines.append(f"| base model | - | - | {base_scores['fidelity']:.2f} | "
+                 f"{base_scores['composition']:.2f} | {base_scores['prior']:.2f} | - | - |")  # fmt: skip
+    for name, r in results.items():
+        if r["status"] != "ok":
+            lines.append(f"| {name} | {r['status']} | | | | | | |")
+            continue
+        stop = f"{r['early_stop_step']}" + (" (stopped)" if r["stopped_early"] else "")
+        lines.append(
+            f"| {name} | {r['note']} | {r['steps_done']} | {r['fidelity']:.2f} | "
+            f"{r['composition']:.2f} | {r['prior']:.2f} | {stop} | {r['best_scoring_step']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-quality"))
+    parser.add_argument("--methods", default="textual_inversion,lora,dreambooth,hypernetwork")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every run's steps")
+    parser.add_argument("--eval", type=int, default=16, help="pictures per prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+
+    import torch
+    from tsuika.demo import Concept
+    from tsuika.models import load_base_model
+    from tsuika.world import base_model_path, load_evaluator
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    base, evaluator = base_model_path(), load_evaluator()
+    all_specs = specs(args.out)
+    base_scores = scores(load_base_model(base), evaluator, Concept(), args.eval)
+    results: dict[str, dict[str, Any]] = {}
+    for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        if name not in all_specs:
+            parser.error(f"--methods: unknown {name!r}; known: {', '.join(all_specs)}")
+        spec = all_specs[name]
+        spec.steps = max(8, round(spec.steps * args.steps_scale))
+        try:
+            results[name] = run_method(
+                name, spec, base, args.out, evaluator, args.eval, args.seed, log
+            )
+        except Exception as exc:  # a method that crashes is reported, not hidden
+            log(traceback.format_exc())
+            results[name] = {"status": f"failed: {type(exc).__name__}: {str(exc)[:80]}"}
+    doc = {"base": base_scores, "methods": results, "eval_pictures": args.eval}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2) if args.json else table(results, base_scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
