@@ -42,19 +42,9 @@ def sample_pictures(
     dtype: torch.dtype = torch.float32,
 ) -> list[Image.Image]:
     """One picture per prompt from ``model`` (a BaseModel whose modules carry the adapter)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from tsuika.models.pipeline import ddim_pipeline
 
-    pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=DDIMScheduler.from_config(model.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = ddim_pipeline(model)
     modules = (model.unet, model.text_encoder, model.vae)
     modes = [m.training for m in modules]
     devices = ["cuda"] if torch.cuda.is_available() else []

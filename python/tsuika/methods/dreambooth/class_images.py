@@ -131,19 +131,9 @@ def generate_pictures(
     """One picture per seed (PIL), DDIM with the model's own schedule. Picture ``k``
     starts from noise drawn by a generator seeded ``seeds[k]``, so it does not
     depend on the batch it was made in."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from tsuika.models.pipeline import ddim_pipeline
 
-    pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=DDIMScheduler.from_config(model.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = ddim_pipeline(model)
     cells = size // model.vae_scale_factor
     shape = (model.unet.config.in_channels, cells, cells)
     noise = torch.stack(
