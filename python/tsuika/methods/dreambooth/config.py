@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tsuika.methods.options import option_error as _fail
+from tsuika.methods.options import reject_unknown
+
 # Keys passed through to LoraConfig when ``lora = true`` (DreamBooth-LoRA).
 # ``train_text_encoder`` and ``text_encoder_lr`` are DreamBooth keys that LoRA shares.
 LORA_KEYS = (
@@ -20,10 +23,6 @@ LORA_KEYS = (
     "targets",
 )
 SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-def _fail(name: str, problem: str) -> ValueError:
-    return ValueError(f"method.{name}: {problem}")
 
 
 def _check_text(name: str, value: Any) -> None:
@@ -147,12 +146,7 @@ class DreamBoothConfig:
     def from_dict(cls, table: dict[str, Any]) -> DreamBoothConfig:
         """Build from a ``[method]`` table without ``name``; unknown keys are an error."""
         own = [f.name for f in fields(cls) if f.name != "lora_options"]
-        unknown = sorted(set(table) - set(own) - set(LORA_KEYS))
-        if unknown:
-            raise ValueError(
-                f"method: unknown dreambooth option(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(own + list(LORA_KEYS))}"
-            )
+        reject_unknown("dreambooth", table, own + list(LORA_KEYS))
         if "instance_prompt" not in table:
             raise _fail("instance_prompt", "is required for dreambooth (e.g. 'a photo of sks dog')")
         values = {k: v for k, v in table.items() if k in own}

@@ -9,15 +9,13 @@ from typing import Any
 import torch
 
 from tsuika.formats.a1111_hypernetwork import HypernetworkStructure, parse_dropout_structure
+from tsuika.methods.options import option_error as _fail
+from tsuika.methods.options import reject_unknown
 
 from .modules import ACTIVATIONS, INITIALIZATIONS
 
 A1111_DROPOUT_RATE = 0.3  # what A1111 uses when dropout is on
 SD1_DIMS = (768, 320, 640, 1280)
-
-
-def _fail(name: str, problem: str) -> ValueError:
-    return ValueError(f"method.{name}: {problem}")
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -158,13 +156,7 @@ class HypernetworkConfig:
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> HypernetworkConfig:
         """Build from a ``[method]`` table without ``name``; unknown keys are an error."""
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(table) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"method: unknown hypernetwork option(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(allowed)}"
-            )
+        reject_unknown("hypernetwork", table, [f.name for f in fields(cls)])
         return cls(**table)
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,12 +6,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tsuika.methods.options import option_error as _fail
+from tsuika.methods.options import reject_unknown
+
 # UNet target groups: which modules each name in ``targets`` wraps (see inject.py).
 UNET_TARGET_GROUPS = ("attention", "proj", "ff")
-
-
-def _fail(field: str, problem: str) -> ValueError:
-    return ValueError(f"method.{field}: {problem}")
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -109,12 +108,7 @@ class LoraConfig:
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> LoraConfig:
         """Build from a ``[method]`` table without ``name``; unknown keys are an error."""
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(table) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"method: unknown lora option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
-            )
+        reject_unknown("lora", table, [f.name for f in fields(cls)])
         values = dict(table)
         if isinstance(values.get("targets"), list):
             values["targets"] = tuple(values["targets"])

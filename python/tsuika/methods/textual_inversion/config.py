@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tsuika.methods.options import option_error as _fail
+from tsuika.methods.options import reject_unknown
+
 # How training captions are made (see templates.py): pick a template for an
 # object or a style, or keep the dataset's captions with the placeholder put in.
 CAPTION_MODES = ("object", "style", "captions")
@@ -14,10 +17,6 @@ MAX_VECTORS = 75
 # The learning rate Textual Inversion usually trains at (AUTOMATIC1111's default
 # embedding learning rate is 0.005); ``[training] learning_rate`` is often set for LoRA.
 RECOMMENDED_LEARNING_RATE = 5e-3
-
-
-def _fail(field: str, problem: str) -> ValueError:
-    return ValueError(f"method.{field}: {problem}")
 
 
 def _check_text(name: str, value: Any) -> str:
@@ -93,13 +92,7 @@ class TextualInversionConfig:
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> TextualInversionConfig:
         """Build from a ``[method]`` table without ``name``; unknown or missing keys are errors."""
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(table) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"method: unknown textual_inversion option(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(allowed)}"
-            )
+        reject_unknown("textual_inversion", table, [f.name for f in fields(cls)])
         for required, example in (("placeholder_token", "<sks>"), ("initializer_token", "dog")):
             if required not in table:
                 raise _fail(required, f"is required for textual_inversion (e.g. {example!r})")
