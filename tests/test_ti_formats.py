@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors.torch import save_file
 from tsuika.formats.embedding import (
     FORMATS,
@@ -21,6 +20,7 @@ from tsuika.formats.embedding import (
     save_embedding,
 )
 from tsuika.methods.textual_inversion import build
+from tsuika.models.pipeline import ddim_pipeline
 from tsuika.models.tiny import build_tiny_model
 
 DIM = 32
@@ -48,21 +48,6 @@ def _trained(base, placeholder: str, vectors: int):
     return model, method
 
 
-def _pipeline(model) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=DDIMScheduler.from_config(model.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.mark.parametrize("vectors", [1, 3])
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_diffusers_load_textual_inversion_places_our_vectors(base, tmp_path, fmt, vectors):
@@ -70,7 +55,7 @@ def test_diffusers_load_textual_inversion_places_our_vectors(base, tmp_path, fmt
     path = method.save(tmp_path, "mine", fmt, {"ss_steps": "3"})
     assert path == tmp_path / f"mine{FORMATS[fmt].suffix}"
 
-    pipe = _pipeline(copy.deepcopy(base))  # an untouched model, as a user's would be
+    pipe = ddim_pipeline(copy.deepcopy(base))  # an untouched model, as a user's would be
     pipe.load_textual_inversion(str(path), token="<sks>")
     prompt = pipe.maybe_convert_prompt("a photo of <sks>", pipe.tokenizer)
     assert prompt == "a photo of " + method.config.placeholder_text
@@ -97,7 +82,7 @@ def test_diffusers_load_textual_inversion_places_our_vectors(base, tmp_path, fmt
 def test_diffusers_reads_the_token_from_a_diffusers_file(base, tmp_path):
     _, method = _trained(base, "sks-style", 2)
     path = method.save(tmp_path, "style", "diffusers", {})
-    pipe = _pipeline(copy.deepcopy(base))
+    pipe = ddim_pipeline(copy.deepcopy(base))
     pipe.load_textual_inversion(str(path))  # no token=: the file's key
     ids = pipe.tokenizer.convert_tokens_to_ids(["sks-style", "sks-style_1"])
     assert torch.equal(
