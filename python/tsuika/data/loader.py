@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from tsuika import _native
 from tsuika.data.captions import CaptionOptions, process_caption
@@ -132,7 +131,7 @@ class BatchLoader:
 
     def _assemble(self, batch: Batch, pixels: np.ndarray) -> dict[str, Any]:
         return {
-            "pixels": torch.from_numpy(pixels),
+            "pixels": _torch().from_numpy(pixels),
             "captions": self.captions(batch),
             "indices": list(batch.indices),
             "bucket": tuple(batch.bucket),
@@ -183,3 +182,11 @@ class BatchLoader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _torch():
+    """torch, imported on first use: ``tsuika prep`` and ``tsuika --help`` load
+    this package without needing it."""
+    import torch
+
+    return torch
