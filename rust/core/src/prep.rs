@@ -27,18 +27,20 @@ pub struct ScanReport {
 /// truncated and corrupt data that a header check misses); with `hashes`,
 /// also compute dHash and pHash.
 pub fn scan_file(path: &Path, opts: &DecodeOptions, full_decode: bool, hashes: bool) -> Result<ScanReport> {
-    let bytes = fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let info = probe::probe_bytes(&bytes, path, opts)?;
     if !(full_decode || hashes) {
+        // Header only: probe_file reads just the start of the file.
+        let info = probe::probe_file(path, opts)?;
         return Ok(ScanReport {
             info,
             dhash: None,
             phash: None,
         });
     }
+    let bytes = fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let info = probe::probe_bytes(&bytes, path, opts)?;
     // Hashes need only a small picture: let JPEGs decode at reduced scale.
     // A scaled decode still reads every entropy-coded byte, so truncation shows.
     let small = |w: u32, h: u32| (w.min(64), h.min(64));
