@@ -49,10 +49,19 @@ VARIANTS = [
         "text_hidden": 48,
         "text_layers": 1,
     },
+    {  # the tiny world's shape: one-layer VAE blocks, 4 channels a norm group
+        "unet_channels": (32, 64, 64, 64),
+        "cross_attention_dim": 48,
+        "text_hidden": 48,
+        "vae_channels": (16, 16, 32, 32),
+        "vae_layers": 1,
+    },
 ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=["sd1-shape", "factor4-v", "odd-widths"])
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=["sd1-shape", "factor4-v", "odd-widths", "tiny-world"]
+)
 def test_round_trip_single_file(tmp_path, variant) -> None:
     model = build_tiny_model(3, **variant)
     path = save_single_file(model, tmp_path / "model.safetensors")

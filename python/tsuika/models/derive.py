@@ -84,14 +84,22 @@ def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for k in state if (m := regex.match(k))})
 
 
-def groups_for(channels: list[int], preferred: int = 32) -> int:
-    """``preferred`` when it divides every width, else their gcd capped at it."""
-    if all(c % preferred == 0 for c in channels):
+def groups_for(channels: list[int], preferred: int = 32, min_group: int = 4) -> int:
+    """GroupNorm groups for these widths: ``preferred`` when it divides every width
+    with at least ``min_group`` channels per group (SD: 32 groups of 10+), else the
+    largest common divisor that still leaves ``min_group`` channels per group.
+
+    Groups of one channel would be instance norm, which erases each channel's
+    mean over the picture (its colour): narrow models must not get them.
+    """
+    narrowest = min(channels)
+    if all(c % preferred == 0 for c in channels) and narrowest // preferred >= min_group:
         return preferred
-    g = 0
+    common = 0
     for c in channels:
-        g = math.gcd(g, c)
-    return max(1, min(preferred, g))
+        common = math.gcd(common, c)
+    cap = max(1, min(preferred, narrowest // min_group))
+    return max(g for g in range(1, cap + 1) if common % g == 0)
 
 
 def text_heads(hidden: int) -> int:

@@ -2,9 +2,11 @@
 
 They follow SD 1.x's shape (UNet: cross-attention down blocks then a plain
 one, a plain up block then cross-attention ones, 2 layers each; VAE: one
-block per factor of two plus one, 2 layers each; CLIP text model with the real
-49408-token tokenizer), only narrower, so every path that handles real
-checkpoints (original single-file layout, A1111 key rules) runs on them.
+block per factor of two plus one, 2 layers each unless told; CLIP text model
+with the real 49408-token tokenizer), only narrower, so every path that
+handles real checkpoints (original single-file layout, A1111 key rules) runs
+on them. GroupNorm groups come from :func:`~tsuika.models.derive.groups_for`
+(never fewer than 4 channels a group).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def tiny_unet_config(
 
 
 def tiny_vae_config(
-    vae_factor: int, channels: Sequence[int], sample_size: int
+    vae_factor: int, channels: Sequence[int], sample_size: int, layers_per_block: int = 2
 ) -> dict[str, object]:
     n_blocks = int(math.log2(vae_factor)) + 1
     if 2 ** (n_blocks - 1) != vae_factor:
@@ -58,7 +60,7 @@ def tiny_vae_config(
         "in_channels": 3,
         "out_channels": 3,
         "latent_channels": 4,
-        "layers_per_block": 2,
+        "layers_per_block": layers_per_block,
         "block_out_channels": chans,
         "down_block_types": ["DownEncoderBlock2D"] * n_blocks,
         "up_block_types": ["UpDecoderBlock2D"] * n_blocks,
@@ -93,6 +95,7 @@ def build_tiny_model(
     text_layers: int = 2,
     prediction_type: str = "epsilon",
     vae_channels: Sequence[int] = (32, 32, 64, 64),
+    vae_layers: int = 2,
     image_size: int = 64,
 ) -> BaseModel:
     """A random-weight SD 1.x-shaped model (fp32, eval mode), deterministic in ``seed``.
@@ -115,7 +118,7 @@ def build_tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**tiny_unet_config(unet_channels, cross_attention_dim, latent))
-        vae = AutoencoderKL(**tiny_vae_config(vae_factor, vae_channels, image_size))
+        vae = AutoencoderKL(**tiny_vae_config(vae_factor, vae_channels, image_size, vae_layers))
         text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(text_hidden, text_layers)))
     scheduler = DDPMScheduler.from_config({**SCHEDULER_CONFIG, "prediction_type": prediction_type})
     for module in (unet, vae, text_encoder):
