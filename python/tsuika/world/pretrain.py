@@ -1,12 +1,12 @@
 """Pretrain the tiny world's Stable Diffusion on a CPU, reproducibly.
 
-    python -m tsuika.world.pretrain [--out DIR] [--seed 0] [--threads 1] [--measure 32]
+    python -m tsuika.world.pretrain [--out DIR] [--seed 0] [--threads 2] [--measure 32]
 
 Same classes as SD 1.x, narrower (see DESIGN.md, "The tiny world"):
 
-- AutoencoderKL, factor 8 (64x64 pixels -> 8x8x4 latents), 4 blocks of 2
-  layers, widths :data:`VAE_CHANNELS`; its ``scaling_factor`` is 1/std of
-  the trained latents;
+- AutoencoderKL, factor 8 (64x64 pixels -> 8x8x4 latents), 4 blocks of
+  :data:`VAE_LAYERS` layers, widths :data:`VAE_CHANNELS`; its
+  ``scaling_factor`` is 1/std of the trained latents;
 - UNet2DConditionModel, 4 blocks of 2 layers, cross-attention in the first
   three down and last three up blocks, widths :data:`UNET_CHANNELS`;
 - CLIPTextModel, :data:`TEXT_HIDDEN` wide, :data:`TEXT_LAYERS` layers, with
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 VAE_CHANNELS = (16, 16, 32, 32)
+VAE_LAYERS = 1
 UNET_CHANNELS = (32, 64, 64, 64)
 TEXT_HIDDEN = 48
 TEXT_LAYERS = 2
@@ -63,6 +64,7 @@ def build_untrained(seed: int):
         text_hidden=TEXT_HIDDEN,
         text_layers=TEXT_LAYERS,
         vae_channels=VAE_CHANNELS,
+        vae_layers=VAE_LAYERS,
         image_size=64,
     )
 
@@ -71,13 +73,14 @@ def pretrain(
     out: Path,
     *,
     seed: int = 0,
-    threads: int = 1,
+    threads: int = 2,
     n_scenes: int = 10000,
-    vae_steps: int = 1000,
+    vae_steps: int = 6400,
     vae_batch: int = 16,
-    unet_steps: int = 1400,
-    unet_batch: int = 64,
-    lr: float = 1e-3,
+    vae_lr: float = 3e-3,
+    unet_steps: int = 5200,
+    unet_batch: int = 32,
+    lr: float = 2e-3,
     measure_n: int = 32,
 ) -> dict[str, Any]:
     """Train both stages, write the fp16 diffusers folder at ``out``, return the info."""
@@ -92,7 +95,7 @@ def pretrain(
     data = build_world_data(n_scenes, seed, model.tokenizer)
     _log(f"rendered {n_scenes} scenes ({time.time() - start:.0f}s)")
     vae_curve = train_vae(
-        model.vae, data, steps=vae_steps, batch=vae_batch, lr=lr, seed=seed + 1, log=_log
+        model.vae, data, steps=vae_steps, batch=vae_batch, lr=vae_lr, seed=seed + 1, log=_log
     )
     latents = encode_latents(model.vae, data.pixels)
     scaling = latent_scaling_factor(*latents)
@@ -109,9 +112,14 @@ def pretrain(
         "seed": seed,
         "threads": threads,
         "scenes": n_scenes,
-        "vae": {"steps": vae_steps, "batch": vae_batch, "final_rec_loss": vae_curve[-1]},
+        "vae": {
+            "steps": vae_steps,
+            "batch": vae_batch,
+            "learning_rate": vae_lr,
+            "final_rec_loss": vae_curve[-1],
+        },
         "denoiser": {"steps": unet_steps, "batch": unet_batch, "final_loss": unet_curve[-1]},
-        "learning_rate": lr,
+        "learning_rate": lr,  # the denoiser's
         "latent_scaling_factor": scaling,
         "seconds": round(seconds, 1),
         "stage1_seconds": round(vae_seconds, 1),
@@ -150,20 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="diffusers folder to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (fixed for reproducibility)"
+        "--threads", type=int, default=2, help="torch threads (fixed for reproducibility)"
     )
     parser.add_argument("--scenes", type=int, default=10000, help="rendered training pictures")
-    parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--unet-steps", type=int, default=1400)
-    parser.add_argument("--batch", type=int, default=64, help="denoiser batch size")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--vae-steps", type=int, default=6400)
+    parser.add_argument("--vae-lr", type=float, default=3e-3)
+    parser.add_argument("--unet-steps", type=int, default=5200)
+    parser.add_argument("--batch", type=int, default=32, help="denoiser batch size")
+    parser.add_argument("--lr", type=float, default=2e-3, help="denoiser learning rate")
     parser.add_argument(
         "--measure", type=int, default=32, help="pictures per check prompt (0: skip)"
     )
     args = parser.parse_args(argv)
     pretrain(
         args.out, seed=args.seed, threads=args.threads, n_scenes=args.scenes,
-        vae_steps=args.vae_steps, unet_steps=args.unet_steps, unet_batch=args.batch,
+        vae_steps=args.vae_steps, vae_lr=args.vae_lr, unet_steps=args.unet_steps,
+        unet_batch=args.batch,
         lr=args.lr, measure_n=args.measure,
     )  # fmt: skip
     return 0
