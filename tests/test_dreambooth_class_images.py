@@ -80,7 +80,10 @@ def test_missing_pictures_are_generated_and_kept(model, generated, tmp_path: Pat
     (folder / "class-00001.png").unlink()
     class_images.ensure_class_images(model, config(folder, 3))
     assert generated == [[1]]  # exactly the deleted one, from its own seed
-    np.testing.assert_array_equal(pixels(folder / "class-00001.png"), before)
+    # the same picture: alone instead of in a batch of 2, convolutions may round a
+    # pixel differently, never by more than one level
+    regenerated = pixels(folder / "class-00001.png").astype(int)
+    assert np.abs(regenerated - before.astype(int)).max() <= 1
 
     generated.clear()
     class_images.ensure_class_images(model, config(folder, 5))

@@ -49,7 +49,7 @@ def vaes(tmp_path_factory):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in noisy.decoder.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
     noisy.save_pretrained(folder / "noisy")
     pictures = folder / "pictures"
     pictures.mkdir()
