@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    all_specs = specs(args.out)
+    for name in names:
+        if name not in all_specs:
+            parser.error(f"--methods: unknown {name!r}; known: {', '.join(all_specs)}")
 
     import torch
     from tsuika.demo import Concept
@@ -200,12 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     base, evaluator = base_model_path(), load_evaluator()
-    all_specs = specs(args.out)
     base_scores = scores(load_base_model(base), evaluator, Concept(), args.eval)
     results: dict[str, dict[str, Any]] = {}
-    for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        if name not in all_specs:
-            parser.error(f"--methods: unknown {name!r}; known: {', '.join(all_specs)}")
+    for name in names:
         spec = all_specs[name]
         spec.steps = max(8, round(spec.steps * args.steps_scale))
         try:

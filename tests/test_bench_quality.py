@@ -1,0 +1,48 @@
+"""benches/quality.py end to end at a tiny scale: every method trains on the shipped
+tiny-world model, is scored by the evaluator, and lands in the table and the JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benches" / "quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_every_method_runs_and_is_scored(quality, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "q"
+    args = ["--out", str(out), "--steps-scale", "0.02", "--eval", "2"]
+    assert quality.main(args) == 0
+    table = capsys.readouterr().out
+    doc = json.loads((out / "quality.json").read_text())
+    assert set(doc["methods"]) == {"textual_inversion", "lora", "dreambooth", "hypernetwork"}
+    for name, result in doc["methods"].items():
+        assert result["status"] == "ok", (name, result)
+        # max(8, 2% of the steps), validated every step: early stopping may end it sooner
+        assert 1 <= result["steps_done"] <= 8
+        assert 1 <= result["early_stop_step"] <= result["steps_done"]
+        for key in ("fidelity", "composition", "prior"):
+            assert 0.0 <= result[key] <= 1.0, (name, key)
+        assert result["best_scoring_step"] in {int(k) for k in result["fidelity_by_step"]}
+        assert f"| {name} |" in table
+    assert 0.0 <= doc["base"]["prior"] <= 1.0
+    assert "| base model |" in table
+
+
+def test_unknown_method_is_refused(quality, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        quality.main(["--out", str(tmp_path), "--methods", "lora,nope", "--eval", "1"])
