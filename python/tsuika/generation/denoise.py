@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from tsuika.models.base import BaseModel
+from tsuika.models.tokenizer import prompt_ids
 
 from .samplers import build_scheduler
 
@@ -25,14 +26,7 @@ from .samplers import build_scheduler
 @torch.no_grad()
 def encode_prompts(model: BaseModel, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
     """CLIP states ``[B, 77, dim]`` (prompts past the tokenizer's length are truncated)."""
-    tokenizer = model.tokenizer
-    ids = tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
+    ids = prompt_ids(model.tokenizer, prompts).to(device)
     return model.text_encoder(ids)[0]
 
 

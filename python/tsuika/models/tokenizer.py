@@ -24,8 +24,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 N_MERGES = 49152 - 256 - 2
 BOS = "<|startoftext|>"
@@ -161,3 +166,14 @@ def load_clip_tokenizer(kind: str = "sd1"):
     # would be split out of "!!" and break equality with OpenCLIP's ids.
     tokenizer.pad_token = PAD_TOKENS[kind]
     return tokenizer
+
+
+def prompt_ids(tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """Token ids ``[B, model_max_length]`` (77), padded and truncated as SD pipelines do."""
+    return tokenizer(
+        list(texts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids

@@ -40,6 +40,7 @@ import torch
 
 from tsuika.config import RunConfig, uncacheable_augmentations
 from tsuika.methods.registry import build_method, default_format
+from tsuika.models.tokenizer import prompt_ids
 from tsuika.training import checkpoint as ckpt
 from tsuika.training.cache import TextCache, module_digest
 from tsuika.training.data import TrainData
@@ -213,14 +214,7 @@ class Trainer:
             return dist.mode().float() * self.model.scaling_factor
 
     def _encode_text(self, captions: list[str]) -> torch.Tensor:
-        tok = self.model.tokenizer
-        ids = tok(
-            captions,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
+        ids = prompt_ids(self.model.tokenizer, captions).to(self.device)
         return self.text_encoder(ids)[0]
 
     def _text_states(self, captions: list[str]) -> torch.Tensor:

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluator import DEFAULT_CHANNELS, HEADS, Evaluator, EvaluatorNet, accuracy, save_evaluator
+from .evaluator import (
+    DEFAULT_CHANNELS,
+    HEADS,
+    Evaluator,
+    EvaluatorNet,
+    accuracy,
+    save_evaluator,
+    to_model_input,
+)
 from .render import BACKGROUNDS, COLOURS, SHAPES, STYLES, render, sample_scenes
 
 HELDOUT_SEED = 1_000_003  # scenes the evaluator never trains on
@@ -79,10 +87,6 @@ def _render_set(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor
     return images, targets
 
 
-def _as_input(images: torch.Tensor) -> torch.Tensor:
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 def train_evaluator(
     out_path: str | Path,
     *,
@@ -115,7 +119,7 @@ def train_evaluator(
     running = math.nan
     for step in range(steps):
         idx = torch.randint(0, n_train, (batch_size,), generator=g)
-        x = augment(_as_input(images[idx]), g)
+        x = augment(to_model_input(images[idx]), g)
         logits = net(x)
         loss = sum(F.cross_entropy(logits[h], targets[h][idx]) for h in HEADS)
         opt.zero_grad(set_to_none=True)

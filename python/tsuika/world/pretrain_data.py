@@ -16,7 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tsuika.models.tokenizer import prompt_ids
+
 from .base import HELD_OUT_SHAPES, PRETRAIN_SHAPES
+from .evaluator import to_model_input
 from .render import STYLE_PHRASES, Scene, background_pixels, caption, render, sample_scenes
 
 __all__ = ["HELD_OUT_SHAPES", "PRETRAIN_SHAPES", "WorldData", "build_world_data", "short_caption"]
@@ -42,18 +45,6 @@ class WorldData:
     empty: torch.Tensor
 
 
-def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's 77, as the pipeline tokenises prompts."""
-    out = tokenizer(
-        texts,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    return out.input_ids
-
-
 def build_world_data(n: int, seed: int, tokenizer) -> WorldData:
     """``n`` reproducible scenes of the pretraining shapes, rendered and tokenised."""
     solid = n // 2
@@ -62,13 +53,12 @@ def build_world_data(n: int, seed: int, tokenizer) -> WorldData:
     pixels = np.stack([render(s) for s in scenes])
     bare = np.stack([background_pixels(s.background) for s in scenes])
     foreground = np.abs(pixels.astype(np.float32) - bare).max(axis=3) > 6.0
-    pixels_t = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    full = tokenize(tokenizer, [caption(s) for s in scenes])
-    short = tokenize(tokenizer, [short_caption(s) for s in scenes])
-    empty = tokenize(tokenizer, [""])[0]
+    full = prompt_ids(tokenizer, [caption(s) for s in scenes])
+    short = prompt_ids(tokenizer, [short_caption(s) for s in scenes])
+    empty = prompt_ids(tokenizer, [""])[0]
     return WorldData(
         scenes,
-        pixels_t.contiguous(),
+        to_model_input(pixels),
         torch.from_numpy(foreground)[:, None],
         torch.stack([full, short], dim=1),
         empty,
