@@ -15,7 +15,7 @@ from tsuika.world import base_model_path, load_evaluator
 from tsuika.world.base import HELD_OUT_SHAPES
 from tsuika.world.pretrain import folder_bytes
 from tsuika.world.pretrain import main as pretrain_main
-from tsuika.world.pretrain_data import short_caption
+from tsuika.world.pretrain_data import build_world_data, short_caption
 from tsuika.world.pretrain_measure import generate_arrays, score_prompt
 from tsuika.world.render import Scene
 
@@ -30,6 +30,19 @@ def test_short_caption_drops_only_the_background() -> None:
     scene = Scene("square", "blue", "beige", "stripes")
     assert short_caption(scene) == "a blue square with stripes"
     assert short_caption(Scene("circle", "orange")) == "an orange circle"
+
+
+def test_pretraining_data_solid_half_is_upright_and_the_rest_varied() -> None:
+    from tsuika.models.tokenizer import load_clip_tokenizer
+
+    data = build_world_data(40, 0, load_clip_tokenizer("sd1"))
+    solid, varied = data.scenes[:20], data.scenes[20:]
+    assert {s.style for s in solid} == {"solid"} and {s.rotation for s in solid} == {0.0}
+    assert len({s.style for s in varied}) > 1
+    assert any(s.rotation != 0.0 for s in varied)
+    assert "heart" not in {s.shape for s in data.scenes}
+    assert data.pixels.shape == (40, 3, 64, 64) and data.ids.shape == (40, 2, 77)
+    assert data.foreground.shape == (40, 1, 64, 64) and data.foreground.any()
 
 
 def test_pretraining_is_reproducible(tmp_path: Path) -> None:
@@ -118,11 +131,17 @@ def test_draws_the_colour_it_is_asked(model, prompt: str, colour: str) -> None:
     assert score_prompt(load_evaluator(), images, {"colour": colour})["colour"] >= 0.75
 
 
-def test_draws_red_circles(model) -> None:
-    # Shapes are weaker than colours: squares still come out as rounded squares
-    # that the evaluator reads as hexagons (see tsuika_world.json "measured").
-    images = generate_arrays(model, "a red circle on a white background", 8, steps=15, seed=7)
-    scores = score_prompt(load_evaluator(), images, {"colour": "red", "shape": "circle"})
+@pytest.mark.parametrize(
+    ("prompt", "shape", "colour"),
+    [
+        ("a red circle on a white background", "circle", "red"),
+        ("a blue square", "square", "blue"),
+    ],
+)
+def test_draws_red_circles_and_blue_squares(model, prompt: str, shape: str, colour: str) -> None:
+    """The issue's two prompts: the evaluator finds the asked shape and colour together."""
+    images = generate_arrays(model, prompt, 8, steps=15, seed=7)
+    scores = score_prompt(load_evaluator(), images, {"colour": colour, "shape": shape})
     assert scores["both"] >= 0.75, scores
 
 

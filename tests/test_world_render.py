@@ -97,6 +97,20 @@ def test_sampling_honours_restrictions_and_covers_the_vocabulary() -> None:
         sample_scenes(1, 0, shapes=["blob"])
 
 
+def test_max_rotation_bounds_rotations_and_leaves_the_rest_of_the_draw_alone() -> None:
+    default = sample_scenes(300, 3, shapes=["square", "star"])
+    assert max(abs(s.rotation) for s in default) > 30.0
+    narrow = sample_scenes(300, 3, shapes=["square", "star"], max_rotation=10.0)
+    assert 5.0 < max(abs(s.rotation) for s in narrow) <= 10.0
+    upright = sample_scenes(300, 3, shapes=["square", "star"], max_rotation=0.0)
+    assert {s.rotation for s in upright} == {0.0}
+    # only the rotation changes: the same shapes, colours, places and sizes
+    strip = lambda s: dataclasses.replace(s, rotation=0.0)  # noqa: E731
+    assert [strip(s) for s in upright] == [strip(s) for s in default]
+    with pytest.raises(WorldError, match="max_rotation -1.0 outside"):
+        sample_scenes(1, 0, max_rotation=-1.0)
+
+
 @pytest.mark.parametrize("field,value", [("shape", "blob"), ("colour", "gray"), ("style", "x")])
 def test_unknown_values_are_refused_naming_the_field(field: str, value: str) -> None:
     kwargs = {"shape": "circle", "colour": "red", field: value}

@@ -75,12 +75,12 @@ def pretrain(
     seed: int = 0,
     threads: int = 2,
     n_scenes: int = 10000,
-    vae_steps: int = 6400,
+    vae_steps: int = 5200,
     vae_batch: int = 16,
     vae_lr: float = 3e-3,
-    unet_steps: int = 5200,
-    unet_batch: int = 32,
-    lr: float = 2e-3,
+    unet_steps: int = 3900,
+    unet_batch: int = 64,
+    lr: float = 3e-3,
     measure_n: int = 32,
 ) -> dict[str, Any]:
     """Train both stages, write the fp16 diffusers folder at ``out``, return the info."""
@@ -161,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=2, help="torch threads (fixed for reproducibility)"
     )
     parser.add_argument("--scenes", type=int, default=10000, help="rendered training pictures")
-    parser.add_argument("--vae-steps", type=int, default=6400)
+    parser.add_argument("--vae-steps", type=int, default=5200)
     parser.add_argument("--vae-lr", type=float, default=3e-3)
-    parser.add_argument("--unet-steps", type=int, default=5200)
-    parser.add_argument("--batch", type=int, default=32, help="denoiser batch size")
-    parser.add_argument("--lr", type=float, default=2e-3, help="denoiser learning rate")
+    parser.add_argument("--unet-steps", type=int, default=3900)
+    parser.add_argument("--batch", type=int, default=64, help="denoiser batch size")
+    parser.add_argument("--lr", type=float, default=3e-3, help="denoiser learning rate")
     parser.add_argument(
         "--measure", type=int, default=32, help="pictures per check prompt (0: skip)"
     )

@@ -5,8 +5,10 @@ The held-out concept (:data:`HELD_OUT_SHAPES`) never appears: the demo and
 ``benches/quality.py`` teach it as a new concept. Every scene gets two
 captions: the renderer's full one ("a red circle on a white background") and
 a short one without the background ("a red circle"), so short prompts work.
-Half the scenes are solid shapes (the style a prompt without a style word
-asks for), the other half spread over all styles.
+Half the scenes are solid, upright shapes (the style a prompt without a style
+word asks for; rotation within :data:`SOLID_MAX_ROTATION` degrees, so "a blue
+square" has one clear look to learn), the other half spread over all styles
+and the renderer's full rotation range.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from .base import HELD_OUT_SHAPES, PRETRAIN_SHAPES
 from .evaluator import to_model_input
 from .render import STYLE_PHRASES, Scene, background_pixels, caption, render, sample_scenes
 
-__all__ = ["HELD_OUT_SHAPES", "PRETRAIN_SHAPES", "WorldData", "build_world_data", "short_caption"]
+SOLID_MAX_ROTATION = 0.0
+
+__all__ = [
+    "HELD_OUT_SHAPES",
+    "PRETRAIN_SHAPES",
+    "SOLID_MAX_ROTATION",
+    "WorldData",
+    "build_world_data",
+    "short_caption",
+]
 
 
 def short_caption(scene: Scene) -> str:
@@ -45,10 +56,14 @@ class WorldData:
     empty: torch.Tensor
 
 
-def build_world_data(n: int, seed: int, tokenizer) -> WorldData:
+def build_world_data(
+    n: int, seed: int, tokenizer, *, solid_max_rotation: float = SOLID_MAX_ROTATION
+) -> WorldData:
     """``n`` reproducible scenes of the pretraining shapes, rendered and tokenised."""
     solid = n // 2
-    scenes = sample_scenes(solid, seed, shapes=PRETRAIN_SHAPES, styles=("solid",))
+    scenes = sample_scenes(
+        solid, seed, shapes=PRETRAIN_SHAPES, styles=("solid",), max_rotation=solid_max_rotation
+    )
     scenes += sample_scenes(n - solid, seed + 1, shapes=PRETRAIN_SHAPES)
     pixels = np.stack([render(s) for s in scenes])
     bare = np.stack([background_pixels(s.background) for s in scenes])

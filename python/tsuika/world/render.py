@@ -332,12 +332,16 @@ def sample_scenes(
     colours: Sequence[str] | None = None,
     styles: Sequence[str] | None = None,
     backgrounds: Sequence[str] | None = None,
+    max_rotation: float = MAX_ROTATION,
 ) -> list[Scene]:
     """``n`` random scenes, the same for the same arguments.
 
     Each option restricts the draw to the listed values (None: all). The
     background is drawn among those that do not clash with the colour.
+    Rotations are uniform in ``[-max_rotation, max_rotation]`` degrees (0: upright).
     """
+    if not 0.0 <= max_rotation <= 180.0:
+        raise WorldError(f"sample_scenes: max_rotation {max_rotation} outside [0, 180] degrees")
     shape_pool = _choices("shapes", shapes, list(SHAPES))
     colour_pool = _choices("colours", colours, list(COLOURS))
     style_pool = _choices("styles", styles, STYLES)
@@ -358,7 +362,7 @@ def sample_scenes(
         size = round(float(rng.uniform(MIN_SIZE, MAX_SIZE)), 1)
         low, high = size + MARGIN, SIZE - size - MARGIN
         x, y = (round(float(v), 1) for v in rng.uniform(low, high, size=2))
-        rotation = round(float(rng.uniform(-MAX_ROTATION, MAX_ROTATION)), 1)
+        rotation = round(float(rng.uniform(-max_rotation, max_rotation)), 1)
         if shape in ROTATION_FREE:
             rotation = 0.0
         scenes.append(Scene(shape, colour, background, style, x, y, size, rotation))
