@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from tsuika.models import load_base_model
+from tsuika.models.tokenizer import load_clip_tokenizer
 from tsuika.world import base as world_base
 from tsuika.world import base_model_path, load_evaluator
 from tsuika.world.base import HELD_OUT_SHAPES
@@ -33,8 +34,6 @@ def test_short_caption_drops_only_the_background() -> None:
 
 
 def test_pretraining_data_solid_half_is_upright_and_the_rest_varied() -> None:
-    from tsuika.models.tokenizer import load_clip_tokenizer
-
     data = build_world_data(40, 0, load_clip_tokenizer("sd1"))
     solid, varied = data.scenes[:20], data.scenes[20:]
     assert {s.style for s in solid} == {"solid"} and {s.rotation for s in solid} == {0.0}

@@ -23,6 +23,7 @@ plus ``tsuika_world.json`` (how it was trained, wall time, measured scores).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -156,18 +157,29 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tsuika.world.pretrain", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="diffusers folder to write")
-    parser.add_argument("--seed", type=int, default=0)
+    recipe = {name: p.default for name, p in inspect.signature(pretrain).parameters.items()}
+    parser.add_argument("--seed", type=int, default=recipe["seed"])
     parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads (fixed for reproducibility)"
+        "--threads",
+        type=int,
+        default=recipe["threads"],
+        help="torch threads (fixed for reproducibility)",
     )
-    parser.add_argument("--scenes", type=int, default=10000, help="rendered training pictures")
-    parser.add_argument("--vae-steps", type=int, default=5200)
-    parser.add_argument("--vae-lr", type=float, default=3e-3)
-    parser.add_argument("--unet-steps", type=int, default=3900)
-    parser.add_argument("--batch", type=int, default=64, help="denoiser batch size")
-    parser.add_argument("--lr", type=float, default=3e-3, help="denoiser learning rate")
     parser.add_argument(
-        "--measure", type=int, default=32, help="pictures per check prompt (0: skip)"
+        "--scenes", type=int, default=recipe["n_scenes"], help="rendered training pictures"
+    )
+    parser.add_argument("--vae-steps", type=int, default=recipe["vae_steps"])
+    parser.add_argument("--vae-lr", type=float, default=recipe["vae_lr"])
+    parser.add_argument("--unet-steps", type=int, default=recipe["unet_steps"])
+    parser.add_argument(
+        "--batch", type=int, default=recipe["unet_batch"], help="denoiser batch size"
+    )
+    parser.add_argument("--lr", type=float, default=recipe["lr"], help="denoiser learning rate")
+    parser.add_argument(
+        "--measure",
+        type=int,
+        default=recipe["measure_n"],
+        help="pictures per check prompt (0: skip)",
     )
     args = parser.parse_args(argv)
     pretrain(

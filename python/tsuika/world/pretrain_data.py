@@ -56,13 +56,11 @@ class WorldData:
     empty: torch.Tensor
 
 
-def build_world_data(
-    n: int, seed: int, tokenizer, *, solid_max_rotation: float = SOLID_MAX_ROTATION
-) -> WorldData:
+def build_world_data(n: int, seed: int, tokenizer) -> WorldData:
     """``n`` reproducible scenes of the pretraining shapes, rendered and tokenised."""
     solid = n // 2
     scenes = sample_scenes(
-        solid, seed, shapes=PRETRAIN_SHAPES, styles=("solid",), max_rotation=solid_max_rotation
+        solid, seed, shapes=PRETRAIN_SHAPES, styles=("solid",), max_rotation=SOLID_MAX_ROTATION
     )
     scenes += sample_scenes(n - solid, seed + 1, shapes=PRETRAIN_SHAPES)
     pixels = np.stack([render(s) for s in scenes])
