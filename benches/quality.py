@@ -2,7 +2,7 @@
 without breaking what it knew?
 
     /work/main/.venv/bin/python benches/quality.py [--out DIR] [--methods lora,...]
-        [--steps-scale 1.0] [--eval 16] [--seed 0] [--json]
+        [--steps-scale 1.0] [--eval 16] [--seed 0] [--json] [--recommended]
 
 For every method, with the image counts the mission names (Textual Inversion
 4, LoRA 30, DreamBooth 15 + class images, Hypernetwork 200 pictures), the
@@ -18,6 +18,14 @@ never blue. The evaluator then measures, over ``--eval`` pictures per prompt:
 - early stopping (validation folder of 8 other concept pictures, patience 3):
   the step it chose (lowest validation loss) against the checkpoint whose
   pictures score the best fidelity.
+
+``--recommended``: instead of the fixed recipes, each method's data is given
+to ``tsuika recommend`` with the purpose it stands for (Textual Inversion's 4
+pictures: concept; LoRA's 30: object; DreamBooth's 15: character;
+Hypernetwork's 200: style), the config it writes is trained as written (only
+the output folder, the checkpoint interval and ``--steps-scale`` are set) and
+scored the same way. Its validation is the split it chose (none under 50
+pictures), not the folder.
 
 A method not registered in :data:`tsuika.methods.registry.METHODS` is
 reported as "not available"; one that fails reports its error. Nothing is faked.
@@ -123,45 +131,100 @@ def scores(model, evaluator, concept, n: int) -> dict[str, float]:
     return {"fidelity": fidelity, "composition": composition, "prior": sum(prior) / len(prior)}
 
 
-def run_method(name: str, spec: Spec, base: Path, root: Path, evaluator, n: int, seed: int, log):
-    import tsuika
-    from tsuika.demo import Concept, prepare_dataset
-    from tsuika.methods.registry import METHODS
+# Which purpose each method's data stands for in --recommended mode.
+PURPOSES = {
+    "textual_inversion": "concept",  # 4 pictures of a new shape
+    "lora": "object",  # 30 pictures of it
+    "dreambooth": "character",  # 15 pictures of it
+    "hypernetwork": "style",  # 200 pictures: hearts as a 'style'
+}
 
-    if name not in METHODS:
-        return {"status": "not available"}
+
+def concept_data(name: str, spec: Spec, root: Path, seed: int):
+    """The concept and its training and validation folders for ``name``'s run."""
+    from tsuika.demo import Concept, prepare_dataset
+
     concept = Concept(identifier=spec.identifier)
     folder = root / name
     data, _ = prepare_dataset(folder / "data", concept.scenes(spec.images, seed), concept.caption)
     val, _ = prepare_dataset(folder / "val", concept.scenes(8, seed + 1), concept.caption)
-    start = time.time()
-    summary = tsuika.train(run_config(base, data, val, folder / "out", name, spec, seed))
-    seconds = time.time() - start
-    log(
-        f"{name}: trained {summary['steps_done']} steps in {seconds:.0f}s, best_step {summary.get('best_step')}"
-    )
-    curve = {}
-    for ckpt in sorted(
-        (folder / "out" / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:])
-    ):
-        model = adapted_model(base, name, spec.table, ckpt)
-        from tsuika.demo import sample, share
+    return concept, folder, data, val
 
+
+def train_and_score(method: str, table: dict[str, Any], config, folder: Path, concept,
+                    base: Path, evaluator, n: int, log) -> dict[str, Any]:  # fmt: skip
+    """Train ``config``, score every checkpoint's fidelity and the last one fully."""
+    import tsuika
+    from tsuika.demo import sample, share
+
+    start = time.time()
+    summary = tsuika.train(config)
+    seconds = time.time() - start
+    log(f"{folder.name}: trained {summary['steps_done']} steps in {seconds:.0f}s, "
+        f"best_step {summary.get('best_step')}")  # fmt: skip
+    out = folder / "out" / "checkpoints"
+    curve = {}
+    for ckpt in sorted(out.glob("step-*"), key=lambda p: int(p.name[5:])):
+        model = adapted_model(base, method, table, ckpt)
         curve[int(ckpt.name[5:])] = share(
             evaluator, sample(model, concept.prompt, 8), shape=concept.shape
         )
     if not curve:
-        raise RuntimeError(f"{folder / 'out' / 'checkpoints'}: no checkpoints to evaluate")
+        raise RuntimeError(f"{out}: no checkpoints to evaluate")
     last = max(curve)
-    final = scores(adapted_model(base, name, spec.table, folder / "out" / "checkpoints" / f"step-{last}"),
-                   evaluator, concept, n)  # fmt: skip
+    final = scores(adapted_model(base, method, table, out / f"step-{last}"), evaluator, concept, n)
     best_scoring = max(curve, key=lambda s: (curve[s], -s))
     return {
-        "status": "ok", "note": spec.note, "steps_done": summary["steps_done"],
-        "train_seconds": round(seconds, 1), **final,
-        "early_stop_step": summary.get("best_step"), "stopped_early": summary.get("stopped_early"),
-        "best_scoring_step": best_scoring, "fidelity_by_step": curve,
+        "status": "ok", "steps_done": summary["steps_done"], "train_seconds": round(seconds, 1),
+        **final, "early_stop_step": summary.get("best_step"),
+        "stopped_early": summary.get("stopped_early"), "best_scoring_step": best_scoring,
+        "fidelity_by_step": curve,
     }  # fmt: skip
+
+
+def run_method(name: str, spec: Spec, base: Path, root: Path, evaluator, n: int, seed: int, log):
+    """The fixed recipe of ``specs`` for ``name``."""
+    from tsuika.methods.registry import METHODS
+
+    if name not in METHODS:
+        return {"status": "not available"}
+    concept, folder, data, val = concept_data(name, spec, root, seed)
+    config = run_config(base, data, val, folder / "out", name, spec, seed)
+    result = train_and_score(name, spec.table, config, folder, concept, base, evaluator, n, log)
+    return {**result, "note": spec.note}
+
+
+def run_recommended(name: str, spec: Spec, base: Path, root: Path, evaluator, n: int,
+                    seed: int, steps_scale: float, log):  # fmt: skip
+    """``tsuika recommend --write`` on ``name``'s data for its purpose, trained as written.
+
+    Only what does not change training is overridden: the output folder, the
+    checkpoint interval (eight checkpoints for the fidelity curve) and, with
+    ``--steps-scale``, the step count (and the validation interval with it).
+    """
+    from tsuika.config import load_config
+    from tsuika.recommend import recommend, write_config
+
+    purpose = PURPOSES[name]
+    concept, folder, data, _ = concept_data(name, spec, root, seed)
+    decision = recommend(data, purpose, model=base)
+    path = write_config(decision, folder / "recommended.toml")
+    log(f"{name}: recommend --purpose {purpose} chose {decision.method}: {decision.method_reason}")
+    steps = decision.value("training.steps")
+    if steps_scale != 1.0:
+        steps = max(8, round(steps * steps_scale))
+    every = max(1, steps // 8)
+    overrides = [f"output.dir={folder / 'out'}", f"training.steps={steps}",
+                 f"training.save_every={every}", f"training.seed={seed}"]  # fmt: skip
+    if decision.config().get("validation", {}).get("split"):
+        overrides.append(f"validation.every={max(1, steps // 10)}")
+    config = load_config(path, overrides)
+    table = config.method.options
+    result = train_and_score(config.method.name, table, config, folder, concept, base,
+                             evaluator, n, log)  # fmt: skip
+    images = decision.dataset.unique
+    return {**result, "note": f"{purpose}: {decision.method}, {images} pictures",
+            "config": str(path), "recommended": decision.to_json()["settings"]}  # fmt: skip
 
 
 def table(results: dict[str, dict[str, Any]], base_scores: dict[str, float]) -> str:
@@ -174,7 +237,8 @@ def table(results: dict[str, dict[str, Any]], base_scores: dict[str, float]) -> 
         if r["status"] != "ok":
             lines.append(f"| {name} | {r['status']} | | | | | | |")
             continue
-        stop = f"{r['early_stop_step']}" + (" (stopped)" if r["stopped_early"] else "")
+        step = r["early_stop_step"]
+        stop = ("off" if step is None else f"{step}") + (" (stopped)" if r["stopped_early"] else "")
         lines.append(
             f"| {name} | {r['note']} | {r['steps_done']} | {r['fidelity']:.2f} | "
             f"{r['composition']:.2f} | {r['prior']:.2f} | {stop} | {r['best_scoring_step']} |"
@@ -190,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, default=16, help="pictures per prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--recommended",
+        action="store_true",
+        help="train what `tsuika recommend --write` chooses for each method's data instead",
+    )
     args = parser.parse_args(argv)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     all_specs = specs(args.out)
@@ -207,19 +276,25 @@ def main(argv: list[str] | None = None) -> int:
     base, evaluator = base_model_path(), load_evaluator()
     base_scores = scores(load_base_model(base), evaluator, Concept(), args.eval)
     results: dict[str, dict[str, Any]] = {}
+    mode = "recommended" if args.recommended else "fixed"
+    doc = {"base": base_scores, "methods": results, "eval_pictures": args.eval, "mode": mode}
+    args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
         spec = all_specs[name]
         spec.steps = max(8, round(spec.steps * args.steps_scale))
         try:
-            results[name] = run_method(
-                name, spec, base, args.out, evaluator, args.eval, args.seed, log
-            )
+            if args.recommended:
+                results[name] = run_recommended(name, spec, base, args.out, evaluator,
+                                                args.eval, args.seed, args.steps_scale, log)  # fmt: skip
+            else:
+                results[name] = run_method(
+                    name, spec, base, args.out, evaluator, args.eval, args.seed, log
+                )
         except Exception as exc:  # a method that crashes is reported, not hidden
             log(traceback.format_exc())
             results[name] = {"status": f"failed: {type(exc).__name__}: {str(exc)[:80]}"}
-    doc = {"base": base_scores, "methods": results, "eval_pictures": args.eval}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality.json").write_text(json.dumps(doc, indent=2) + "\n")
+        # after every method, so that a long run that is stopped keeps what it measured
+        (args.out / "quality.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc, indent=2) if args.json else table(results, base_scores))
     return 0
 

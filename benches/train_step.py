@@ -2,7 +2,11 @@
 against the floor: a bare loop doing only the UNet forward + backward and an
 AdamW step on the same LoRA parameters, with the same batch, in the same run.
 
-    .venv/bin/python benches/train_step.py [--steps 30] [--batch 4] [--threads 2]
+    .venv/bin/python benches/train_step.py [--steps 30] [--batch 4] [--threads 2] [--model sdxl]
+
+``--model sdxl`` runs the SDXL-shaped tiny model (two text encoders, pooled
+embeds and size ids, three levels with 1/2/2 transformer blocks) instead of
+the SD 1.x-shaped one.
 
 The ratio engine / floor is the cost of everything the engine adds (data
 feeding, text encoding, noise, bookkeeping, checkpoint-free logging).
@@ -23,6 +27,19 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table  # noqa: E402
+
+
+def _tiny(kind: str):
+    def build():
+        from tsuika import models
+
+        builder = models.build_tiny_sdxl_model if kind == "sdxl" else models.build_tiny_model
+        return builder(seed=0)
+
+    return build
+
+
+MODELS = {"sd1": _tiny("sd1"), "sdxl": _tiny("sdxl")}
 
 
 def draw_dataset(folder: Path, n: int) -> Path:
@@ -59,9 +76,9 @@ def engine(model_dir: Path, data: Path, out: Path, steps: int, batch: int) -> di
 def floor(model_dir: Path, steps: int, batch: int) -> float:
     """Seconds per step of UNet forward + backward + AdamW on LoRA parameters only."""
     from tsuika.methods.lora import LoraConfig, LoraMethod
-    from tsuika.models import load_base_model
+    from tsuika.models import FAMILIES, load_base_model
 
-    model = load_base_model(model_dir)
+    model = load_base_model(model_dir, families=FAMILIES)
     method = LoraMethod(LoraConfig(rank=4, alpha=4))
     method.prepare(model)
     opt = torch.optim.AdamW([p for g in method.param_groups(1e-4) for p in g["params"]], lr=1e-4)
@@ -69,11 +86,18 @@ def floor(model_dir: Path, steps: int, batch: int) -> float:
     cells = 64 // model.vae_scale_factor
     latents = torch.randn(batch, 4, cells, cells, generator=g)
     context = torch.randn(batch, 77, model.unet.config.cross_attention_dim, generator=g)
+    extra = {}
+    if model.kind == "sdxl":  # pooled text embeds and the six size/crop ids
+        pooled = model.text_encoder_2.config.projection_dim
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=g),
+            "time_ids": torch.full((batch, 6), 64.0),
+        }
     times = []
     for _ in range(steps + 2):
         start = time.perf_counter()
         t = torch.randint(0, 1000, (batch,), generator=g)
-        pred = model.unet(latents, t, encoder_hidden_states=context).sample
+        pred = model.unet(latents, t, encoder_hidden_states=context, **extra).sample
         loss = (pred - latents).pow(2).mean()
         loss.backward()
         opt.step()
@@ -87,14 +111,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(MODELS), default="sd1")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from tsuika.models import build_tiny_model, save_diffusers
+    from tsuika.models import save_diffusers
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model_dir = save_diffusers(build_tiny_model(seed=0), root / "tiny")
+        model_dir = save_diffusers(MODELS[args.model](), root / "tiny")
         data = draw_dataset(root / "data", 16)
         summary = engine(model_dir, data, root / "out", args.steps, args.batch)
         bare = floor(model_dir, args.steps, args.batch)
@@ -109,12 +134,17 @@ def main() -> None:
         "steps": args.steps,
         "batch": args.batch,
         "threads": args.threads,
+        "model": args.model,
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
     rows = [
-        ["tsuika.train (tiny model, LoRA r4, 64x64)", f"{per_step:.3f}", f"{per_step / bare:.2f}"],
+        [
+            f"tsuika.train (tiny {args.model} model, LoRA r4, 64x64)",
+            f"{per_step:.3f}",
+            f"{per_step / bare:.2f}",
+        ],
         ["floor: UNet fwd+bwd+AdamW only", f"{bare:.3f}", "1.00"],
     ]
     print(format_table(["path", "s/step", "x floor"], rows))

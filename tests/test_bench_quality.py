@@ -46,3 +46,34 @@ def test_every_method_runs_and_is_scored(quality, tmp_path: Path, capsys) -> Non
 def test_unknown_method_is_refused(quality, tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         quality.main(["--out", str(tmp_path), "--methods", "lora,nope", "--eval", "1"])
+
+
+def test_recommended_mode_trains_what_recommend_writes(quality, tmp_path: Path, capsys) -> None:
+    from tsuika.config import load_config
+
+    out = tmp_path / "r"
+    methods = "textual_inversion,lora,hypernetwork"
+    args = ["--out", str(out), "--steps-scale", "0.02", "--eval", "2", "--methods", methods]
+    assert quality.main([*args, "--recommended"]) == 0
+    table = capsys.readouterr().out
+    doc = json.loads((out / "quality.json").read_text())
+    assert doc["mode"] == "recommended"
+    # each bench dataset stands for a purpose; recommend picks the method the guide names
+    chosen = {"textual_inversion": ("concept", "textual_inversion"),
+              "lora": ("object", "lora"), "hypernetwork": ("style", "hypernetwork")}  # fmt: skip
+    for name, (purpose, method) in chosen.items():
+        result = doc["methods"][name]
+        assert result["status"] == "ok", (name, result)
+        assert result["note"].startswith(f"{purpose}: {method}, ")
+        cfg = load_config(result["config"])  # the file recommend wrote, trained as written
+        assert cfg.method.name == method
+        assert result["recommended"]["method.name"]["value"] == method
+        assert 1 <= result["steps_done"] <= 8
+        for key in ("fidelity", "composition", "prior"):
+            assert 0.0 <= result[key] <= 1.0, (name, key)
+        assert f"| {name} |" in table
+    # 4 and 30 pictures are too few to hold some out (rules.VALIDATION: from 50); the 200
+    # (149 distinct) get a split and early stopping
+    assert doc["methods"]["textual_inversion"]["early_stop_step"] is None
+    assert doc["methods"]["lora"]["early_stop_step"] is None
+    assert doc["methods"]["hypernetwork"]["early_stop_step"] >= 1

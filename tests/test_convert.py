@@ -55,23 +55,33 @@ def test_lora_kohya_diffusers_kohya_keeps_the_effect(base, tmp_path):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_diffusers_reads_our_converted_file_with_the_right_scale(base, tmp_path):
-    """A reader that knows nothing of kohya's alpha (diffusers) gets the same UNet."""
+def _pipeline(base):
+    """A diffusers pipeline over copies of ``base``'s parts that loaders may change."""
     from diffusers import StableDiffusionPipeline
 
-    src = tmp_path / "k.safetensors"
-    state = {k: v for k, v in write_kohya_state().items() if k.startswith("lora_unet")}
-    save_file(state, str(src))
-    mid = convert(src, tmp_path / "d.safetensors", "diffusers")
-    pipe = StableDiffusionPipeline(
-        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
-        unet=copy.deepcopy(base.unet), scheduler=base.scheduler, safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+    return StableDiffusionPipeline(
+        vae=base.vae, text_encoder=copy.deepcopy(base.text_encoder),
+        tokenizer=copy.deepcopy(base.tokenizer), unet=copy.deepcopy(base.unet),
+        scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
     )  # fmt: skip
+
+
+def test_diffusers_reads_our_converted_file_with_the_right_scale(base, tmp_path):
+    """A reader that knows nothing of kohya's alpha (diffusers) gets the same UNet and the
+    same text encoder from the converted file (alpha 1, rank 4: scale 0.25 folded in)."""
+    src = tmp_path / "k.safetensors"
+    save_file(write_kohya_state(), str(src))
+    mid = convert(src, tmp_path / "d.safetensors", "diffusers")
+    assert any(k.startswith("text_encoder.") for k in _keys(mid)[0])
+    pipe = _pipeline(base)
     pipe.load_lora_weights(str(mid))
     theirs = copy.deepcopy(base)
-    theirs.unet = pipe.unet
-    torch.testing.assert_close(outputs(theirs)[1], _effect(base, src)[1], atol=1e-4, rtol=0)
+    theirs.unet, theirs.text_encoder = pipe.unet, pipe.text_encoder
+    tolerance = 1e-5
+    for got, want, plain in zip(outputs(theirs), _effect(base, src), outputs(base), strict=True):
+        assert (want - plain).abs().max() > 100 * tolerance  # the LoRA acts on this part
+        torch.testing.assert_close(got, want, atol=tolerance, rtol=0)
 
 
 def write_kohya_state():
@@ -82,6 +92,8 @@ def write_kohya_state():
 
 @torch.no_grad()
 def test_embedding_a1111_safetensors_diffusers_a1111(base, tmp_path):
+    """a1111 -> safetensors -> diffusers -> a1111: diffusers' ``load_textual_inversion``
+    places our diffusers file's vectors and encodes its prompt as we encode the original."""
     vectors = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
     src = write_a1111_embedding(tmp_path / "thing.pt", vectors)
     st = convert(src, tmp_path / "thing.safetensors", "safetensors")
@@ -91,12 +103,21 @@ def test_embedding_a1111_safetensors_diffusers_a1111(base, tmp_path):
     final = read_embedding(back)
     assert final.layout == "a1111" and final.name == "thing2"
     assert torch.equal(final.vectors, vectors)
+
+    pipe = _pipeline(base)
+    pipe.load_textual_inversion(str(diff))
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<thing>", "<thing>_1", "<thing>_2"])
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], vectors)
+    theirs = pipe.encode_prompt("a <thing>", "cpu", 1, False)[0]
     states = []
     for path in (src, back):
         model = copy.deepcopy(base)
         adapters = attach(model, embeddings=[f"{path}:thing"])
         states.append(encode_prompts(model, [adapters.expand("a thing")], torch.device("cpu")))
-    torch.testing.assert_close(states[0], states[1], atol=0, rtol=0)
+    plain = encode_prompts(base, ["a thing"], torch.device("cpu"))
+    assert (states[0] - plain).abs().max() > 0.1  # the embedding changes the prompt
+    torch.testing.assert_close(theirs, states[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(states[1], states[0], atol=0, rtol=0)
 
 
 def test_hypernetwork_pt_safetensors_pt(tmp_path):

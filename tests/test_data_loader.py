@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tsuika import _native
 from tsuika.data.buckets import BucketSpec, group_by_bucket
 from tsuika.data.captions import CaptionOptions
@@ -80,8 +81,9 @@ def test_pixels_share_memory_with_the_native_array(small_dataset: Path, monkeypa
     real = _native.load_batch
 
     def spy(*args, **kwargs):
-        arrays.append(real(*args, **kwargs))
-        return arrays[-1]
+        result = real(*args, **kwargs)
+        arrays.append(result[0] if kwargs.get("with_info") else result)
+        return result
 
     monkeypatch.setattr(_native, "load_batch", spy)
     batch = next(iter(collect(make_loader(small_dataset, prefetch=2))))
@@ -110,6 +112,53 @@ def test_augment_options_reach_the_engine(small_dataset: Path, monkeypatch) -> N
     keys = [tuple(k["indices"]) for k in calls]
     sampler = loader.sampler
     assert keys == [b.keys for e in range(2) for b in sampler.epoch_batches(e)]
+
+
+def _kohya_cover(bucket: tuple[int, int], w: int, h: int) -> tuple[int, int]:
+    """kohya-ss/sd-scripts ``BucketManager.select_bucket``'s cover size, with int(x + 0.5)."""
+    bw, bh = bucket
+    scale = bh / h if w / h > bw / bh else bw / w
+    return max(int(w * scale + 0.5), bw), max(int(h * scale + 0.5), bh)
+
+
+@pytest.fixture
+def gradient_dataset(tmp_path: Path) -> Path:
+    """Pictures that no flip leaves alone (a left-to-right gradient), in sizes
+    whose cover leaves an odd number of pixels to trim."""
+    folder = tmp_path / "gradients" / "1_ramp"
+    folder.mkdir(parents=True)
+    for i, (w, h) in enumerate([(301, 200), (200, 301), (333, 250), (417, 260), (250, 250)]):
+        ramp = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
+        Image.fromarray(ramp.astype(np.uint8)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("a ramp")
+    return tmp_path / "gradients"
+
+
+def test_batches_carry_original_size_and_crop_top_left(gradient_dataset: Path) -> None:
+    """Per picture: (h, w) of the file, and the centre window's (top, left) in the
+    cover-resized picture, mirrored for the pictures the flip draw mirrored."""
+    plain = collect(make_loader(gradient_dataset), epochs=2)
+    flipped = collect(make_loader(gradient_dataset, augment=AugmentOptions(flip=True)), epochs=2)
+    index = make_loader(gradient_dataset).index
+    odd = 0
+    mirrored = 0
+    for a, b in zip(plain, flipped, strict=True):
+        bw, bh = a["bucket"]
+        assert len(a["original_size"]) == len(a["crop_top_left"]) == len(a["indices"])
+        for k, item in enumerate(a["indices"]):
+            with Image.open(index[item].path) as im:
+                w, h = im.size
+            cw, ch = _kohya_cover((bw, bh), w, h)
+            centre = ((ch - bh) // 2, (cw - bw) // 2)
+            assert a["original_size"][k] == b["original_size"][k] == (h, w)
+            assert a["crop_top_left"][k] == centre
+            odd += (cw - bw) % 2
+            if torch.equal(a["pixels"][k], b["pixels"][k]):
+                assert b["crop_top_left"][k] == centre
+            else:
+                mirrored += 1
+                assert b["crop_top_left"][k] == (centre[0], (cw - bw) - centre[1])
+    assert mirrored > 0 and odd > 0
 
 
 def test_flip_and_epochs_change_pixels_deterministically(small_dataset: Path) -> None:

@@ -13,6 +13,7 @@ def test_sample_dataset_layout_and_determinism(tmp_path: Path) -> None:
     a = draw_sample_dataset(tmp_path / "a", n=12, seed=3)
     b = draw_sample_dataset(tmp_path / "b", n=12, seed=3)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files_a) > 12  # 12 pictures and the captions of most
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
     index = scan_dataset(a)

@@ -130,8 +130,6 @@ keep_tokens = 1
 flip_aug = true
 
 [[datasets]]
-resolution = 768
-min_bucket_reso = 320
 
   [[datasets.subsets]]
   image_dir = "imgs/inst"
@@ -162,7 +160,6 @@ def test_dataset_toml_subsets_inherit_and_resolve(tmp_path: Path) -> None:
         (inst / "b.png", "sks cat", 5, False, 1),
         (reg / "r.png", "a cat", 1, True, 0),
     ]
-    assert index.options == {"resolution": 768, "min_bucket_reso": 320}
     assert [w.problem for w in index.warnings] == ["general.flip_aug is a kohya key tsuika ignores"]
 
 
@@ -182,6 +179,16 @@ def test_dataset_toml_subsets_inherit_and_resolve(tmp_path: Path) -> None:
         ),
         ("[general]\nkeep_tokens = 1\n", "no \\[\\[datasets\\]\\]"),
         ("[[datasets]]\nmetadata_file = 'm.json'\n", "fine-tuning"),
+        (
+            "[[datasets]]\nresolution = 768\n[[datasets.subsets]]\nimage_dir = 'a'\n",
+            r"datasets\[0\]\.resolution is not read from a dataset TOML; tsuika sets it in "
+            r"data\.resolution",
+        ),
+        ("[general]\nbatch_size = 4\n[[subsets]]\nimage_dir = 'a'\n", "in training.batch_size"),
+        (
+            "[[subsets]]\nimage_dir = 'a'\nbucket_no_upscale = true\n",
+            r"subsets\[0\]\.bucket_no_upscale .* data\.no_upscale",
+        ),
         ("[[subsets]\n", "invalid TOML"),
     ],
 )

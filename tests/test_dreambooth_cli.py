@@ -68,7 +68,9 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
-def run(tmp_path: Path, model: Path, data: Path, method: dict, output: dict) -> dict:
+def run(
+    tmp_path: Path, model: Path, data: Path, method: dict, output: dict, **training: Any
+) -> dict:
     cfg = {
         "model": {"path": str(model)},
         "data": {
@@ -94,6 +96,7 @@ def run(tmp_path: Path, model: Path, data: Path, method: dict, output: dict) -> 
             "learning_rate": 1e-4,
             "min_snr_gamma": 5.0,
             "save_every": 0,
+            **training,
         },
         "output": {"dir": str(tmp_path / "out"), "name": "sks", **output},
     }
@@ -108,8 +111,9 @@ def check_wiring(calls: dict[str, list[Any]], tmp_path: Path) -> None:
     assert len(calls["paired"]) == 4  # steps x gradient_accumulation micro-batches
     # one class picture per instance picture (a partial last batch of the epoch included)
     assert all(paired == size for _, size, paired in calls["paired"])
-    # the hook sees every instance caption, never a class caption
-    assert len(calls["captions"]) == sum(size for _, size, _ in calls["paired"])
+    # the hook sees every instance caption, never a class caption: once per picture (3)
+    # before the first step, as the frozen text encoders' outputs are cached, then per step
+    assert len(calls["captions"]) == 3 + sum(size for _, size, _ in calls["paired"])
     assert CLASS_PROMPT not in calls["captions"]
 
 
@@ -139,11 +143,33 @@ def test_full_dreambooth_run(tiny_model_dir: Path, dataset: Path, tmp_path: Path
 
 
 def test_dreambooth_lora_run(tiny_model_dir: Path, dataset: Path, tmp_path: Path, spies) -> None:
-    summary = run(tmp_path, tiny_model_dir, dataset, {"lora": True, "rank": 4, "alpha": 4}, {})
+    """The kohya file DreamBooth-LoRA writes (rank 4, alpha 2: scale 0.5) gives diffusers'
+    UNet the output of our UNet with the same file applied."""
+    from diffusers import StableDiffusionPipeline
+    from tsuika.methods.lora.stack import apply_lora_files
+    from tsuika.models import load_base_model
+
+    method = {"lora": True, "rank": 4, "alpha": 2}
+    summary = run(tmp_path, tiny_model_dir, dataset, method, {}, learning_rate=1e-2)
     check_wiring(spies, tmp_path)
     final = tmp_path / "out" / "sks.safetensors"
     assert summary["final_file"] == str(final)
     tensors = load_file(str(final))
     assert any(k.endswith(".lora_up.weight") for k in tensors)
     assert all(k.startswith("lora_unet_") for k in tensors)
+    assert {float(v) for k, v in tensors.items() if k.endswith(".alpha")} == {2.0}
     assert not (tmp_path / "out" / "sks").exists()  # no full model for DreamBooth-LoRA
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    ours = load_base_model(tiny_model_dir)
+    apply_lora_files(ours, [(final, 1.0)])
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        plain = pipe.unet(x, torch.tensor([300]), ctx).sample
+        pipe.load_lora_weights(str(final))
+        theirs = pipe.unet(x, torch.tensor([300]), ctx).sample
+        mine = ours.unet(x, torch.tensor([300]), ctx).sample
+    tolerance = 1e-5
+    assert (mine - plain).abs().max() > 100 * tolerance  # the trained LoRA acts
+    torch.testing.assert_close(theirs, mine, atol=tolerance, rtol=0)

@@ -19,8 +19,6 @@ PRIOR = {
         ({"class_prompt": "a dog", "prior_loss_weight": 0.0}, "method.instance_prompt"),
         ({**BASE, "instance_prompt": "  "}, "method.instance_prompt"),
         ({**BASE, "colour": 3}, "unknown dreambooth option(s) colour"),
-        ({"instance_prompt": "sks", "class_prompt": "a dog"}, "method.class_data"),
-        ({"instance_prompt": "sks", "class_data": "x"}, "method.class_prompt"),
         ({**PRIOR, "num_class_images": 0}, "method.num_class_images"),
         ({**PRIOR, "prior_loss_weight": -1.0}, "method.prior_loss_weight"),
         ({**PRIOR, "prior_loss_weight": float("nan")}, "method.prior_loss_weight"),
@@ -40,6 +38,30 @@ def test_bad_tables_name_the_key(table: dict, message: str) -> None:
     with pytest.raises(ValueError) as info:
         DreamBoothConfig.from_dict(table)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "from_dataset", "message"),
+    [
+        ({"instance_prompt": "sks", "class_prompt": "a dog"}, False, "method.class_data: is req"),
+        ({"instance_prompt": "sks", "class_data": "x"}, False, "method.class_prompt: is req"),
+        (PRIOR, True, "method.class_data: and the dataset's is_reg subsets both give"),
+        (BASE, True, "method.prior_loss_weight: is 0 (prior preservation off), but the dataset"),
+    ],
+)
+def test_class_pictures_need_exactly_one_source(table, from_dataset, message) -> None:
+    cfg = DreamBoothConfig.from_dict(table)
+    with pytest.raises(ValueError) as info:
+        cfg.check_class_source(from_dataset=from_dataset)
+    assert message in str(info.value)
+
+
+def test_one_source_of_class_pictures_passes() -> None:
+    DreamBoothConfig.from_dict(PRIOR).check_class_source(from_dataset=False)
+    DreamBoothConfig.from_dict(BASE).check_class_source(from_dataset=False)
+    only_prompt = {"instance_prompt": "sks", "class_prompt": "a dog"}
+    DreamBoothConfig.from_dict(only_prompt).check_class_source(from_dataset=True)
+    DreamBoothConfig.from_dict({"instance_prompt": "sks"}).check_class_source(from_dataset=True)
 
 
 def test_unknown_key_lists_the_allowed_ones_including_lora_keys() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tsuika.methods.dreambooth import per_sample_mse, prior_preservation_loss
+from tsuika.training.losses import per_sample_mse, prior_preservation_loss
 from tsuika.training.noise import compute_snr, min_snr_weights
 
 LOSSES = torch.tensor([1.0, 2.0, 3.0, 4.0])  # instance 0, instance 1, class 0, class 1

@@ -130,10 +130,38 @@ def test_kohya_lora_with_te_and_conv_parts_loads(base, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(outputs(model), before, strict=True))
 
 
+def _by_kohya_name(model) -> dict[str, torch.nn.Module]:
+    """Every UNet and text-encoder module under its kohya name, built here from module paths
+    (``lora_unet_`` + path; ``lora_te_text_model_`` + path without its ``text_model.`` level)."""
+    names = {f"lora_unet_{n.replace('.', '_')}": m for n, m in model.unet.named_modules()}
+    for name, module in model.text_encoder.named_modules():
+        path = name.removeprefix("text_model.").replace(".", "_")
+        names[f"lora_te_text_model_{path}"] = module
+    return names
+
+
+@torch.no_grad()
+def merged_by_hand(base, state: dict[str, torch.Tensor], strength: float = 1.0):
+    """A copy of ``base`` with each kohya pair merged into its weight:
+    ``W += strength * alpha / rank * up @ down`` (a 1x1 up times a kxk down for convs)."""
+    model = copy.deepcopy(base)
+    modules = _by_kohya_name(model)
+    for key in state:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key.removesuffix(".lora_down.weight")
+        down, up = state[key], state[f"{name}.lora_up.weight"]
+        scale = strength * float(state[f"{name}.alpha"]) / down.shape[0]
+        delta = torch.einsum("or,ri...->oi...", up.flatten(1), down)
+        modules[name].weight += scale * delta
+    return model
+
+
 def test_te_lora_without_out_proj_loads_in_ours_not_in_diffusers(base, tmp_path):
     """diffusers' kohya converter expects out_proj beside q/k/v; without it diffusers 0.42
-    drops the text encoder's q/k/v LoRA as unexpected keys (older versions raise). Ours
-    maps key by key, so the text encoder gets the whole LoRA."""
+    drops the text encoder's q/k/v LoRA as unexpected keys and keeps only the MLP part.
+    Ours maps key by key, so the text encoder gets the whole LoRA: the same model as the
+    LoRA merged into the weights by hand."""
     from diffusers import StableDiffusionPipeline
 
     path = write_kohya(tmp_path / "other.safetensors")
@@ -149,13 +177,19 @@ def test_te_lora_without_out_proj_loads_in_ours_not_in_diffusers(base, tmp_path)
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    try:
-        pipe.load_lora_weights(str(path))
-    except Exception:  # noqa: BLE001 - refusing is also "not loading it"
-        return
+    pipe.load_lora_weights(str(path))
+    with_lora = {n.rpartition(".lora_A")[0] for n, _ in pipe.text_encoder.named_modules()
+                 if n.endswith(".lora_A")}  # fmt: skip
+    assert with_lora == {"encoder.layers.0.mlp.fc1", "encoder.layers.1.mlp.fc1"}  # q/k/v dropped
+
+    reference = merged_by_hand(base, kohya_tensors())
+    tolerance = 1e-5
+    for got, want, plain in zip(outputs(ours), outputs(reference), outputs(base), strict=True):
+        assert (want - plain).abs().max() > 100 * tolerance
+        torch.testing.assert_close(got, want, atol=tolerance, rtol=0)
     theirs = copy.deepcopy(base)
     theirs.text_encoder = pipe.text_encoder
-    assert (outputs(theirs)[0] - outputs(ours)[0]).abs().max() > 1e-3
+    assert (outputs(theirs)[0] - outputs(ours)[0]).abs().max() > 100 * tolerance
 
 
 def _broken(kind: str) -> tuple[dict[str, torch.Tensor], str]:

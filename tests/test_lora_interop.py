@@ -8,12 +8,14 @@ own wrapped model.
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from tsuika.formats.a1111_names import a1111_module_names, find_a1111_module, kohya_to_compvis
-from tsuika.formats.kohya_lora import load_kohya_lora, read_metadata
+from safetensors.torch import load_file
+from tsuika.formats.a1111_names import find_a1111_module, kohya_to_compvis
+from tsuika.formats.kohya_lora import read_metadata
 from tsuika.methods.lora import LoraConfig, LoraMethod, apply_lora_file, remove
 from tsuika.models.single_file import to_original_state_dict
 from tsuika.models.tiny import build_tiny_model
@@ -115,22 +117,134 @@ def test_apply_lora_file_reproduces_the_trained_model(base, tmp_path, case, fmt)
     )
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_every_kohya_key_lands_on_a_real_a1111_module(base, tmp_path, case):
-    _, method = _trained(base, CASES[case])
-    modules = load_kohya_lora(method.save(tmp_path, "k", "kohya", {}))
+# --- A1111's key rewrite, written out here as the reference ----------------------------------
+# AUTOMATIC1111 extensions-builtin/Lora/networks.py ``convert_diffusers_name_to_compvis`` (SD 1.x
+# text encoder), as a table: (pattern over the kohya module name, original-layout name). The
+# resnet suffixes are A1111's ``suffix_conversion["resnets"]``.
+A1111_RESNET = {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0",
+                "norm2": "out_layers_0", "time_emb_proj": "emb_layers_1",
+                "conv_shortcut": "skip_connection"}  # fmt: skip
+
+
+def _rest(kind: str, rest: str) -> str:
+    return A1111_RESNET.get(rest, rest) if kind == "resnets" else rest
+
+
+def _sub(kind: str) -> int:
+    return 1 if kind == "attentions" else 0
+
+
+A1111_RULES = [
+    (r"lora_unet_conv_in(.*)", lambda m: f"diffusion_model_input_blocks_0_0{m[1]}"),
+    (r"lora_unet_conv_out(.*)", lambda m: f"diffusion_model_out_2{m[1]}"),
+    (r"lora_unet_time_embedding_linear_(\d+)(.*)",
+     lambda m: f"diffusion_model_time_embed_{int(m[1]) * 2 - 2}{m[2]}"),
+    (r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)",
+     lambda m: f"diffusion_model_input_blocks_{1 + int(m[1]) * 3 + int(m[3])}_{_sub(m[2])}_"
+     f"{_rest(m[2], m[4])}"),
+    (r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)",
+     lambda m: f"diffusion_model_middle_block_{1 if m[1] == 'attentions' else int(m[2]) * 2}_"
+     f"{_rest(m[1], m[3])}"),
+    (r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)",
+     lambda m: f"diffusion_model_output_blocks_{int(m[1]) * 3 + int(m[3])}_{_sub(m[2])}_"
+     f"{_rest(m[2], m[4])}"),
+    (r"lora_unet_down_blocks_(\d+)_downsamplers_0_conv",
+     lambda m: f"diffusion_model_input_blocks_{3 + int(m[1]) * 3}_0_op"),
+    (r"lora_unet_up_blocks_(\d+)_upsamplers_0_conv",
+     lambda m: f"diffusion_model_output_blocks_{2 + int(m[1]) * 3}_{2 if int(m[1]) > 0 else 1}_conv"),
+    (r"lora_te_text_model_encoder_layers_(\d+)_(.+)",
+     lambda m: f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"),
+]  # fmt: skip
+
+
+def a1111_rewrite(name: str) -> str:
+    """The original-layout module name A1111 looks ``name`` up under (itself: no rule)."""
+    for pattern, build in A1111_RULES:
+        if m := re.fullmatch(pattern, name):
+            return build(m)
+    return name
+
+
+@pytest.fixture(scope="module")
+def real_layout(base) -> dict[str, torch.Tensor]:
+    """The tiny model's original-layout weights as A1111 names its modules
+    (``model.diffusion_model.`` and ``cond_stage_model.`` dropped, ``.`` -> ``_``).
+
+    Written by our single-file writer, so first checked against diffusers' own
+    original-layout readers: they must turn it back into exactly our UNet and text encoder.
+    """
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+    )
+
     original = to_original_state_dict(base)
-    names = a1111_module_names(original)
-    shapes = {
-        "_".join(k.split(".")[1:-1]): v.shape for k, v in original.items() if k.endswith(".weight")
+    unet = convert_ldm_unet_checkpoint(original, dict(base.unet.config))
+    text = convert_ldm_clip_checkpoint(original)
+    for theirs, ours in ((unet, base.unet.state_dict()),
+                         (text, base.text_encoder.state_dict())):  # fmt: skip
+        ours = {k.removeprefix("text_model."): v for k, v in ours.items()}
+        theirs = {k.removeprefix("text_model."): v for k, v in theirs.items()}
+        theirs.pop("embeddings.position_ids", None)
+        assert theirs.keys() == ours.keys()
+        assert all(torch.equal(theirs[k].reshape(v.shape), v) for k, v in ours.items())
+    out = {}
+    for key, value in original.items():
+        for prefix in ("model.", "cond_stage_model."):
+            if key.startswith(prefix) and key.endswith(".weight"):
+                out["_".join(key[len(prefix) :].split(".")[:-1])] = value
+    return out
+
+
+def _kohya_names(model) -> dict[str, torch.nn.Module]:
+    """UNet and text-encoder modules with weights under their kohya names (SD 1.x)."""
+    names = {f"lora_unet_{n.replace('.', '_')}": m for n, m in model.unet.named_modules()}
+    for name, module in model.text_encoder.named_modules():
+        names[f"lora_te_text_model_{name.removeprefix('text_model.').replace('.', '_')}"] = module
+    return {n: m for n, m in names.items() if isinstance(getattr(m, "weight", None), torch.Tensor)}
+
+
+def test_a1111_rule_table_reaches_every_module_of_the_model(base, real_layout):
+    """Each UNet / text-encoder module with a weight (every block kind: resnets with their
+    norms, convs, time embedding and shortcut, attentions, proj_in/out, ff, down/upsamplers,
+    conv_in/out, CLIP layers) lands, under A1111's rules, on the original module holding the
+    very same weight."""
+    modules = {n: m for n, m in _kohya_names(base).items()
+               if "_encoder_layers_" in n or n.startswith("lora_unet_")}  # fmt: skip
+    kinds = ("attn1_to_q", "attn2_to_k", "proj_in", "proj_out", "ff_net_0_proj", "ff_net_2",
+             "conv1", "conv2", "norm1", "norm2", "time_emb_proj", "conv_shortcut",
+             "downsamplers_0_conv", "upsamplers_0_conv", "mid_block", "conv_in", "conv_out",
+             "time_embedding_linear_1", "self_attn_q_proj", "mlp_fc2")  # fmt: skip
+    assert all(any(kind in n for n in modules) for kind in kinds)
+    assert len(modules) > 200
+    assert {n for n in modules if a1111_rewrite(n) == n} == {"lora_unet_conv_norm_out"}  # no rule
+    del modules["lora_unet_conv_norm_out"]
+    for name, module in modules.items():
+        target = a1111_rewrite(name)
+        assert target in real_layout, f"{name} -> {target}: no such original module"
+        weight = real_layout[target]
+        assert torch.equal(weight.reshape(module.weight.shape), module.weight), name
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_kohya_key_lands_on_a_real_a1111_module(base, real_layout, tmp_path, case):
+    """Every module a LoRA file names is found by A1111's rules (the table above) in the
+    original layout, on the module whose weight it was trained on, with matching shapes."""
+    _, method = _trained(base, CASES[case])
+    tensors = load_file(str(method.save(tmp_path, "k", "kohya", {})))
+    names = {
+        k.removesuffix(".lora_down.weight") for k in tensors if k.endswith(".lora_down.weight")
     }
-    assert len(modules) == sum(len(v) for v in method.wrapped_modules.values())
-    for name, w in modules.items():
-        target = find_a1111_module(name, names)
-        assert target is not None, f"{name} -> {kohya_to_compvis(name)} is no A1111 module"
-        shape = shapes[target]
-        assert (shape[0], shape[1]) == (w.up.shape[0], w.down.shape[1]), name
-        assert tuple(shape[2:]) == tuple(w.down.shape[2:]), name
+    assert len(names) == sum(len(v) for v in method.wrapped_modules.values()) > 0
+    modules = _kohya_names(base)
+    for name in names:
+        target = a1111_rewrite(name)
+        assert target in real_layout, f"{name} -> {target} is no A1111 module"
+        weight, down, up = real_layout[target], tensors[f"{name}.lora_down.weight"], tensors[
+            f"{name}.lora_up.weight"]  # fmt: skip
+        assert torch.equal(weight.reshape(modules[name].weight.shape), modules[name].weight), name
+        assert (weight.shape[0], weight.shape[1]) == (up.shape[0], down.shape[1]), name
+        assert tuple(weight.shape[2:]) == tuple(down.shape[2:]), name
         if name.startswith("lora_te"):
             assert name.startswith("lora_te_text_model_encoder_layers_"), name
 

@@ -35,6 +35,8 @@ CASES = [
     ("up_blocks.3.attentions.0.proj_out", "output_blocks.9.1.proj_out"),
     ("time_embedding.linear_1", "time_embed.0"),
     ("time_embedding.linear_2", "time_embed.2"),
+    ("add_embedding.linear_1", "label_emb.0.0"),  # SDXL's text_time embedding
+    ("add_embedding.linear_2", "label_emb.0.2"),
     ("conv_in", "input_blocks.0.0"),
     ("conv_norm_out", "out.0"),
     ("conv_out", "out.2"),
@@ -47,7 +49,7 @@ def test_module_names(diffusers: str, original: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["down_blocks.0.resnets.0.nonsense", "add_embedding.linear_1", "foo"]
+    "bad", ["down_blocks.0.resnets.0.nonsense", "class_embedding.linear_1", "foo"]
 )
 def test_unknown_modules_are_named(bad: str) -> None:
     with pytest.raises(UnknownModuleError, match=bad.split(".")[-1]):

@@ -131,7 +131,9 @@ def test_diffusers_folder_missing_component(tmp_path) -> None:
     folder = save_diffusers(build_tiny_model(), tmp_path / "folder")
     shutil.rmtree(folder / "tokenizer")
     with pytest.raises(
-        ModelLoadError, match=r"folder: diffusers folder is missing tokenizer/vocab.json"
+        ModelLoadError,
+        match=r"folder: diffusers folder is missing tokenizer/tokenizer.json or "
+        r"tokenizer/vocab.json \+ tokenizer/merges.txt",
     ):
         load_base_model(folder)
 
@@ -182,29 +184,49 @@ def test_sidecar_yaml_sets_v_prediction(tmp_path, tiny_file) -> None:
 
 
 def test_offline(tmp_path, tiny_file, monkeypatch) -> None:
-    """Nothing may reach the network: sockets blocked, hub offline."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # tokenizer rebuilt too
+    """Loading makes no network call although no offline variable is set: every socket entry
+    point is replaced by a counter that refuses, and the attempts are counted (library code
+    may swallow the refusal). A cache folder of its own, so the tokenizer is rebuilt too."""
+    import huggingface_hub.constants
+    from diffusers import StableDiffusionPipeline
     from tsuika.models import tokenizer
 
+    for name in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "DIFFUSERS_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # the hub libraries are online
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    attempts: list[str] = []
+
+    def blocked(name: str):
+        def call(*args, **kwargs):
+            attempts.append(f"{name}{args!r}")
+            raise OSError(101, "Network is unreachable (blocked by test_offline)")
+
+        return call
+
+    for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"),
+                        (socket, "create_connection"), (socket, "getaddrinfo")):  # fmt: skip
+        monkeypatch.setattr(owner, name, blocked(name))
+    with pytest.raises(OSError, match="blocked"):  # the counter itself counts
+        socket.create_connection(("huggingface.co", 443))
+    assert len(attempts) == 1
+    attempts.clear()
+
     tokenizer.tokenizer_folder.cache_clear()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
     try:
-        model = build_tiny_model(1)
-        folder = save_diffusers(model, tmp_path / "folder")
+        folder = save_diffusers(build_tiny_model(1), tmp_path / "folder")
         assert load_base_model(folder).kind == "sd1"
         assert load_base_model(tiny_file, vae=folder).kind == "sd1"
-        from diffusers import StableDiffusionPipeline
-
         StableDiffusionPipeline.from_single_file(
             str(tiny_file), config=str(folder), local_files_only=True
         )
     finally:
         tokenizer.tokenizer_folder.cache_clear()
+    assert (tmp_path / "cache").is_dir()  # the tokenizer files were built here
+    assert attempts == []

@@ -151,3 +151,94 @@ def test_decompression_bomb_limit_is_configurable(photos):
     with pytest.raises(native.DecompressionBombError, match="limit"):
         native.load_batch(photos[:1], 64, 64, max_pixels=1000)
     assert native.load_batch(photos[:1], 64, 64, max_pixels=10**8).shape == (1, 3, 64, 64)
+
+
+# --- original size and crop offsets (SDXL's add_time_ids) -----------------------------
+
+
+def _kohya_cover(bucket: tuple[int, int], w: int, h: int) -> tuple[int, int]:
+    """kohya-ss/sd-scripts ``BucketManager.select_bucket``'s cover size, with int(x + 0.5)."""
+    bw, bh = bucket
+    scale = bh / h if w / h > bw / bh else bw / w
+    return max(int(w * scale + 0.5), bw), max(int(h * scale + 0.5), bh)
+
+
+def _coded(path, w: int, h: int) -> str:
+    """A PNG whose pixel (x, y) is (x, y, 0): an output pixel names its source."""
+    y, x = np.mgrid[0:h, 0:w]
+    Image.fromarray(np.stack([x, y, np.zeros_like(x)], -1).astype(np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "photo, bucket, info, flipped_info",
+    [
+        # 2000x1500 -> 597x448 cover, 21 px to trim: centre 10, mirrored 21 - 10 = 11.
+        (0, (576, 448), (1500, 2000, 0, 10), (1500, 2000, 0, 11)),
+        # portrait: the trim is vertical, a flip leaves it alone.
+        (1, (448, 576), (2000, 1500, 10, 0), (2000, 1500, 10, 0)),
+        # 640x480 into 256x256: cover 341x256, 85 to trim: 42, mirrored 43.
+        (2, (256, 256), (480, 640, 0, 42), (480, 640, 0, 43)),
+        # 300x500 upscaled into 320x448: cover 320x533, 85 to trim vertically.
+        (3, (320, 448), (500, 300, 42, 0), (500, 300, 42, 0)),
+    ],
+)
+def test_with_info_reports_original_size_and_centre_crop(photos, photo, bucket, info, flipped_info):
+    for flip, want in ((False, info), (True, flipped_info)):
+        pixels, got = native.load_batch(
+            photos[photo : photo + 1], *bucket, flip=flip, with_info=True
+        )
+        assert got.dtype == np.int64 and got.shape == (1, 4)
+        assert tuple(got[0]) == want, f"flip={flip}"
+        plain = native.load_batch(photos[photo : photo + 1], *bucket, flip=flip)
+        np.testing.assert_array_equal(pixels, plain)  # with_info changes nothing else
+
+
+@pytest.mark.parametrize("crop", ["center", "random"])
+@pytest.mark.parametrize("flip", [False, True])
+def test_crop_offsets_name_the_pixels_taken(tmp_path, crop, flip):
+    """Pictures already at their cover size are cropped without resampling: the
+    output pixel (x, y) is the source pixel (left + x, top + y) of the picture as
+    the output shows it (mirrored when flipped)."""
+    bucket = (64, 48)
+    sizes = [(64 + 37, 48), (64, 48 + 29), (64, 48), (64 + 1, 48), (200, 48)]
+    paths = [_coded(tmp_path / f"c{i}.png", w, h) for i, (w, h) in enumerate(sizes)]
+    u8, info = native.load_batch_u8(paths, *bucket, flip=flip, crop=crop, seed=3, with_info=True)
+    f32 = native.load_batch(paths, *bucket, flip=flip, crop=crop, seed=3)
+    np.testing.assert_allclose(f32, u8.transpose(0, 3, 1, 2) / 127.5 - 1.0, atol=1e-6)
+    lefts = set()
+    for (w, h), out, (oh, ow, top, left) in zip(sizes, u8, info, strict=True):
+        assert (oh, ow) == (h, w) and _kohya_cover(bucket, w, h) == (w, h)
+        assert 0 <= left <= w - bucket[0] and 0 <= top <= h - bucket[1]
+        if crop == "center":
+            centre = ((w - bucket[0]) // 2, (h - bucket[1]) // 2)
+            want_left = (w - bucket[0]) - centre[0] if flip else centre[0]
+            assert (top, left) == (centre[1], want_left)
+        lefts.add(left)
+        shown = np.stack(np.mgrid[0:h, 0:w][::-1], -1)  # (x, y) per pixel
+        if flip:
+            shown = shown[:, ::-1]
+        want = shown[top : top + bucket[1], left : left + bucket[0]]
+        np.testing.assert_array_equal(out[..., :2], want)
+    if crop == "random":
+        assert len(lefts) > 2  # the draws differ between pictures
+
+
+def test_with_info_for_a_picture_already_at_the_bucket_size(photos):
+    u8, info = native.load_batch_u8(photos[2:3], 640, 480, with_info=True)
+    assert u8.shape == (1, 480, 640, 3) and tuple(info[0]) == (480, 640, 0, 0)
+
+
+def test_a_kept_array_is_not_overwritten_by_later_batches(photos):
+    """Output buffers are pooled: one goes back only when no array views it."""
+    first = native.load_batch(photos[:2], 96, 64)
+    kept = first.copy()
+    view = first[1]
+    del first
+    for _ in range(3):
+        other = native.load_batch(photos[2:4], 96, 64, flip=True)
+        del other
+    np.testing.assert_array_equal(view, kept[1])
+    del view
+    again = native.load_batch(photos[:2], 96, 64)
+    np.testing.assert_array_equal(again, kept)

@@ -59,7 +59,7 @@ def run_config(model_path: Path, data_path: Path, out: Path, **overrides: dict[s
             "bucket_step": 32,
             "flip": True,
         },
-        "method": {"name": "lora", "rank": 4, "alpha": 4, "dropout": 0.1},
+        "method": {"name": "lora", "rank": 4, "alpha": 8, "dropout": 0.1},  # scale 2
         "training": {
             "steps": 4,
             "batch_size": 2,
@@ -150,16 +150,19 @@ def test_lora_file_loads_in_diffusers_and_matches_our_layers(
         base = pipe.unet(x, t, encoder_hidden_states=ctx).sample
         pipe.load_lora_weights(file)
         theirs = pipe.unet(x, t, encoder_hidden_states=ctx).sample
-    assert (theirs - base).abs().max() > 1e-4  # the trained update landed on real modules
 
     model = load_base_model(tiny_model)
-    method = LoraMethod(LoraConfig(rank=4, alpha=4))
+    options = trained["cfg"]["method"]
+    assert options["alpha"] != options["rank"]  # a wrong alpha / rank scale would show
+    method = LoraMethod(LoraConfig(rank=options["rank"], alpha=options["alpha"]))
     method.prepare(model)
     method.load_file(file)
     model.unet.eval()
     with torch.no_grad():
         ours = model.unet(x, t, encoder_hidden_states=ctx).sample
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    tolerance = 1e-6
+    assert (ours - base).abs().max() > 100 * tolerance  # the trained update landed
+    torch.testing.assert_close(ours, theirs, atol=tolerance, rtol=0)
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_result(

@@ -92,7 +92,8 @@ def test_latent_cache_fill_encodes_only_missing(tmp_path: Path) -> None:
     calls: list[int] = []
 
     def load(paths, bucket, flips):
-        return torch.stack([torch.full((3, bucket[1], bucket[0]), float(p.name[0])) for p in paths])
+        pixels = [torch.full((3, bucket[1], bucket[0]), float(p.name[0])) for p in paths]
+        return torch.stack(pixels), [(bucket[1], bucket[0], 0, 0)] * len(paths)
 
     def encode(pixels):
         calls.append(len(pixels))
@@ -102,7 +103,7 @@ def test_latent_cache_fill_encodes_only_missing(tmp_path: Path) -> None:
     reqs = [(cache.key(p, (16, 8), "center", False), p, (16, 8), False) for p in images]
     cache.fill(reqs, load, encode, batch_size=2)
     assert calls == [2, 1] and cache.encoded == 3 and cache.hits == 0
-    assert torch.equal(cache.load(reqs[2][0]), torch.full((1, 1, 2), 4.0))
+    assert torch.equal(cache.load_entry(reqs[2][0])[0], torch.full((1, 1, 2), 4.0))
     again = LatentCache(tmp_path / "cache", "vae")
     again.fill(reqs, load, encode, batch_size=2)
     assert calls == [2, 1] and again.hits == 3 and again.encoded == 0

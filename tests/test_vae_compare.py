@@ -19,10 +19,24 @@ from tsuika.vae_compare import compare, psnr, ssim
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _blobs(n: int, size: int, seed: int) -> torch.Tensor:
+def blobs(n: int, size: int, seed: int) -> torch.Tensor:
     """Smooth random pictures in [-1, 1] (bicubic-upsampled 4 x 4 noise)."""
     small = torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     return F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def fit_vae(vae, steps: int) -> None:
+    """Fit ``vae`` to :func:`blobs` for ``steps`` Adam steps (a VAE that reconstructs), then
+    freeze it in eval mode."""
+    vae.train().requires_grad_(True)
+    opt = torch.optim.Adam(vae.parameters(), 2e-3)
+    for step in range(steps):
+        x = blobs(4, 32, step)
+        loss = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +48,7 @@ def vaes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vaes")
     torch.manual_seed(0)
     vae = AutoencoderKL(**tiny_vae_config(2, (16, 32), 32))
-    opt = torch.optim.Adam(vae.parameters(), 2e-3)
-    for step in range(120):
-        x = _blobs(4, 32, step)
-        loss = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    vae.eval().requires_grad_(False)
+    fit_vae(vae, 120)
     model = build_tiny_model(seed=0)
     model.vae = vae
     save_diffusers(model, folder / "model")
@@ -53,16 +60,16 @@ def vaes(tmp_path_factory):
     noisy.save_pretrained(folder / "noisy")
     pictures = folder / "pictures"
     pictures.mkdir()
-    for i, x in enumerate(_blobs(2, 48, 100)):
+    for i, x in enumerate(blobs(2, 48, 100)):
         to_picture(x).save(pictures / f"small{i}.png")
-    to_picture(_blobs(1, 160, 200)[0]).save(pictures / "large.png")
+    to_picture(blobs(1, 160, 200)[0]).save(pictures / "large.png")
     return {"model": folder / "model", "noisy": folder / "noisy", "pictures": pictures, "vae": vae}
 
 
 def test_metrics():
     a = torch.zeros(3, 16, 16)
     assert psnr(a, a + 0.1) == pytest.approx(20.0)
-    picture = (_blobs(1, 32, 0)[0] + 1) / 2
+    picture = (blobs(1, 32, 0)[0] + 1) / 2
     assert ssim(picture, picture) == pytest.approx(1.0)
     noise = torch.randn(picture.shape, generator=torch.Generator().manual_seed(0))
     assert (
@@ -93,7 +100,7 @@ def test_compare_names_the_model_vae_best(vaes, tmp_path):
 
 def test_large_picture_goes_tiled_and_stays_close(vaes, monkeypatch):
     vae = vaes["vae"]
-    tile = _blobs(1, 16, 5)
+    tile = blobs(1, 16, 5)
     x = tile.repeat(1, 1, 10, 10)  # 160 x 160, the same statistics in every tile
     whole = round_trip(vae, x, tile_above=10_000)
     calls = []

@@ -8,15 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from tsuika.data.scan import DatasetError, DatasetIndex, ImageItem
+from tsuika.data.split import fold_indices, item_key, split_indices
 from tsuika.training.cv import aggregate, recommend
 from tsuika.training.early_stop import EarlyStopping, overfit_warning
 from tsuika.training.plot import Chart, Series, line_chart, nice_ticks, plot_losses
-from tsuika.training.validation import (
-    fixed_timesteps,
-    fold_indices,
-    item_key,
-    split_indices,
-)
+from tsuika.training.validation import fixed_timesteps
 
 
 def fake_index(names: list[str], root: Path = Path("/data")) -> DatasetIndex:
@@ -156,6 +152,19 @@ def test_nice_ticks_cover_the_range_with_round_steps() -> None:
     assert ticks[0] >= 0.13 - 1e-12 and ticks[-1] <= 0.87 + 1e-12 and len(ticks) >= 3
     steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:], strict=False)}
     assert len(steps) == 1 and steps.pop() in (0.1, 0.2, 0.05)
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [(1.0, 1.0), (0.0, 0.0), (1e6, 1e6 + 1e-10), (-3.5, -3.5), (0.1, 0.1 + 1e-15), (2.0, 1e9)],
+)
+def test_nice_ticks_end_on_degenerate_and_float_tight_ranges(low: float, high: float) -> None:
+    """A range narrower than float steps at its magnitude (one loss value, a flat
+    curve) once looped forever adding a step that rounded to nothing."""
+    ticks = nice_ticks(low, high)
+    assert 2 <= len(ticks) <= 12
+    assert ticks == sorted(set(ticks))
+    assert ticks[0] <= max(low, ticks[0]) and ticks[-1] >= min(high, ticks[-1])
 
 
 def test_charts_are_pngs_with_the_series_drawn(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from tsuika.world.pretrain_data import build_world_data, short_caption
 from tsuika.world.pretrain_measure import generate_arrays, score_prompt
 from tsuika.world.render import Scene
 
+PARTS_WITH_WEIGHTS = ("text_encoder", "unet", "vae")  # sorted, as the loops find them
+
 
 def test_missing_model_names_the_file_and_the_fix(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(world_base, "BASE_MODEL_DIR", tmp_path / "nothing")
@@ -49,7 +51,9 @@ def test_pretraining_is_reproducible(tmp_path: Path) -> None:
             "--measure", "0"]  # fmt: skip
     pretrain_main([*args, "--out", str(tmp_path / "a")])
     pretrain_main([*args, "--out", str(tmp_path / "b")])
-    for weights in (tmp_path / "a").rglob("*.safetensors"):
+    found = sorted((tmp_path / "a").rglob("*.safetensors"))
+    assert [p.parent.name for p in found] == list(PARTS_WITH_WEIGHTS), found
+    for weights in found:
         other = tmp_path / "b" / weights.relative_to(tmp_path / "a")
         assert weights.read_bytes() == other.read_bytes(), weights
     info = json.loads((tmp_path / "a" / "tsuika_world.json").read_text())
@@ -71,7 +75,9 @@ def test_path_is_the_shipped_diffusers_folder() -> None:
 def test_under_15_mb_in_fp16() -> None:
     folder = base_model_path()
     assert folder_bytes(folder) < 15_000_000
-    for weights in folder.rglob("*.safetensors"):
+    found = sorted(folder.rglob("*.safetensors"))
+    assert [p.parent.name for p in found] == list(PARTS_WITH_WEIGHTS), found
+    for weights in found:
         with safe_open(str(weights), "pt") as f:
             dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
         assert dtypes == {"F16"}, (weights, dtypes)
@@ -94,21 +100,30 @@ def test_sd1_shape(model) -> None:
     assert vae.scaling_factor != pytest.approx(0.18215)
 
 
-def test_diffusers_pipeline_loads_it_and_agrees(model) -> None:
+def test_diffusers_pipeline_loads_it_and_agrees(model, tmp_path) -> None:
+    """diffusers reads the model through another path than ours: the original-layout single
+    file we write, converted by diffusers' own LDM readers, gives our text encoder, UNet
+    and VAE."""
     from diffusers import StableDiffusionPipeline
+    from tsuika.models import save_single_file
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(base_model_path()),
-        local_files_only=True,
-        safety_checker=None,
-        torch_dtype=torch.float32,
-    )
+    single = save_single_file(model, tmp_path / "world.safetensors")
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(single), config=str(base_model_path()), local_files_only=True,
+        safety_checker=None, torch_dtype=torch.float32,
+    )  # fmt: skip
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    ids = model.tokenizer(["a red circle"], padding="max_length", return_tensors="pt").input_ids
+    ids = model.tokenizer(["a red circle", "a blue square"], padding="max_length",
+                          return_tensors="pt").input_ids  # fmt: skip
     with torch.no_grad():
-        ours = model.unet(x, 500, model.text_encoder(ids)[0]).sample
-        theirs = pipe.unet(x, 500, pipe.text_encoder(ids)[0]).sample
-    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+        ours = [model.text_encoder(ids)[0], model.vae.decode(x).sample]
+        ours.append(model.unet(x.expand(2, -1, -1, -1), 500, ours[0]).sample)
+        theirs = [pipe.text_encoder(ids)[0], pipe.vae.decode(x).sample]
+        theirs.append(pipe.unet(x.expand(2, -1, -1, -1), 500, theirs[0]).sample)
+    tolerance = 1e-5
+    assert (ours[2][0] - ours[2][1]).abs().max() > 100 * tolerance  # the prompt matters
+    for got, want in zip(theirs, ours, strict=True):
+        torch.testing.assert_close(got, want, atol=tolerance, rtol=0)
 
 
 def test_record_names_held_out_shape_and_training() -> None:

@@ -9,7 +9,16 @@ The entry points load lazily, so ``import tsuika`` stays cheap:
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# Same seed, same bytes, at any thread count: with more than one thread, MKL's
+# matrix products (torch's CPU BLAS, also under oneDNN's convolutions) may add
+# partial sums in an order that depends on memory alignment, so two runs of one
+# seed, or a run and its resume, differed in the last bits. STRICT conditional
+# numerical reproducibility fixes the order. MKL reads this when it first
+# computes, so it is set here, before any training; a value the user set wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

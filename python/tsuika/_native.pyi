@@ -2,15 +2,18 @@
 # Checked against the binding by tests/test_native_stubs.py.
 from collections.abc import Sequence
 from os import PathLike
+from typing import Literal, overload
 
 import numpy as np
 import numpy.typing as npt
+
+from tsuika.errors import TsuikaError
 
 StrPath = str | PathLike[str]
 
 DEFAULT_MAX_PIXELS: int
 
-class ImageError(ValueError):
+class ImageError(ValueError, TsuikaError):
     """Base class: an image file that cannot be used. ``path`` names it, ``kind`` says why."""
 
     path: str | None
@@ -59,6 +62,9 @@ def scan(
     "has_alpha", "dhash", "phash" (with hashes=True), "error", "kind"}.
     """
 
+# load_batch / load_batch_u8: with_info=True returns (pixels, info) instead of
+# pixels. The last overload of each is the one tests/test_native_stubs.py reads.
+@overload
 def load_batch(
     paths: Sequence[StrPath],
     width: int,
@@ -74,6 +80,25 @@ def load_batch(
     color_jitter: float = 0.0,
     max_pixels: int = ...,
     background: tuple[int, int, int] = (255, 255, 255),
+    with_info: Literal[True],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+@overload
+def load_batch(
+    paths: Sequence[StrPath],
+    width: int,
+    height: int,
+    *,
+    flip: bool | str | Sequence[bool] = False,
+    crop: str = "center",
+    threads: int | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    indices: Sequence[int] | None = None,
+    rotation: float = 0.0,
+    color_jitter: float = 0.0,
+    max_pixels: int = ...,
+    background: tuple[int, int, int] = (255, 255, 255),
+    with_info: Literal[False] = False,
 ) -> npt.NDArray[np.float32]:
     """Decode, cover-resize into width x height, crop, augment, normalise.
 
@@ -81,8 +106,18 @@ def load_batch(
     a per-image sequence, or "random" (p=1/2 from (seed, epoch, index)).
     ``crop``: "center" or "random". ``indices`` (default 0..B-1) key the
     deterministic augmentation draws.
+
+    ``with_info=True`` returns ``(pixels, info)``: info is int64 [B, 4] of
+    (original_h, original_w, crop_top, crop_left) per picture, SDXL's
+    ``add_time_ids`` conditioning. The original size is the upright file size
+    before any resizing; the crop offset is in the pixels of the picture
+    resized to cover the bucket (kohya's cover rounding), as the output shows
+    it: a flipped picture reports its mirrored window (kohya:
+    ``resized_w - crop_right``). The pixel buffer comes from a pool and goes
+    back to it when the last array viewing it is gone.
     """
 
+@overload
 def load_batch_u8(
     paths: Sequence[StrPath],
     width: int,
@@ -98,6 +133,25 @@ def load_batch_u8(
     color_jitter: float = 0.0,
     max_pixels: int = ...,
     background: tuple[int, int, int] = (255, 255, 255),
+    with_info: Literal[True],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+@overload
+def load_batch_u8(
+    paths: Sequence[StrPath],
+    width: int,
+    height: int,
+    *,
+    flip: bool | str | Sequence[bool] = False,
+    crop: str = "center",
+    threads: int | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    indices: Sequence[int] | None = None,
+    rotation: float = 0.0,
+    color_jitter: float = 0.0,
+    max_pixels: int = ...,
+    background: tuple[int, int, int] = (255, 255, 255),
+    with_info: Literal[False] = False,
 ) -> npt.NDArray[np.uint8]:
     """Same as load_batch, as uint8 [B, H, W, 3]."""
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tsuika.checks import TYPE_NAMES, CheckError, Rule, Wording, check_table, optional_inner
+from tsuika.errors import ConfigError
 
 try:
     import tomllib
@@ -29,10 +31,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 SECTIONS = ("model", "data", "method", "training", "validation", "sample", "output")
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot be used; the message names file and key."""
 
 
 def _choices(*values: str, default: str) -> Any:
@@ -45,10 +43,16 @@ def _min(default: Any, low: float, *, strict: bool = False) -> Any:
 
 @dataclass
 class ModelConfig:
-    """``[model]``: the base model (single file or diffusers folder) and VAE override."""
+    """``[model]``: the base model (single file or diffusers folder) and VAE override.
+
+    ``vae_fp16_safe``: the VAE is safe in float16 (e.g. madebyollin's
+    sdxl-vae-fp16-fix); otherwise an SDXL VAE encodes in float32 under fp16
+    mixed precision, since SDXL's own VAE overflows (NaN latents).
+    """
 
     path: Path | None = None
     vae: Path | None = None
+    vae_fp16_safe: bool = False
     kind: str | None = field(default=None, metadata={"choices": ("sd1", "sd2", "sdxl")})
     prediction_type: str | None = field(
         default=None, metadata={"choices": ("epsilon", "v_prediction")}
@@ -76,6 +80,7 @@ class DataConfig:
     caption_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     caption_tag_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     threads: int | None = None
+    on_missing: str = _choices("stop", "skip", default="stop")  # see tsuika.data.watch
 
 
 @dataclass
@@ -290,85 +295,60 @@ def parse_override_value(raw: str) -> Any:
 # --------------------------------------------------------------------------- fields
 
 
+CONFIG_WORDING = Wording(
+    wrong_type="{key} must be {expected}, got {got} {value!r}",
+    bad_choice="{key} = {value!r} is not allowed; choose one of {allowed}",
+    out_of_bounds="{key} = {value!r} must be {bound}",
+    unknown_keys="unknown key {dotted}; allowed in [{section}]: {allowed}",
+    type_names={**TYPE_NAMES, bool: "true/false"},
+)
+
+
+def field_rule(hint: Any, meta: Any) -> Rule:
+    """The :class:`~tsuika.checks.Rule` of a section field: its type hint plus the
+    ``choices`` / ``min`` (``strict``) / ``max`` of its metadata."""
+    return Rule(
+        hint,
+        choices=meta.get("choices"),
+        low=meta.get("min"),
+        open_low=meta.get("strict", False),
+        high=meta.get("max"),
+    )
+
+
 def _parse_section(name: str, cls: type, values: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            allowed = ", ".join(fields)
-            raise ConfigError(f"{where}: unknown key {name}.{key}; allowed in [{name}]: {allowed}")
-        kwargs[key] = _check_value(f"{name}.{key}", value, hints[key], fields[key].metadata, where)
-    return cls(**kwargs)
+    rules = {f.name: field_rule(hints[f.name], f.metadata) for f in dataclasses.fields(cls)}
+    values = {k: _one_as_list(v, rules[k].type) if k in rules else v for k, v in values.items()}
+    try:
+        check_table(values, rules, name, CONFIG_WORDING)
+    except CheckError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return cls(**{key: _convert(value, rules[key].type) for key, value in values.items()})
 
 
-def _check_value(key: str, value: Any, hint: Any, meta: Any, where: str) -> Any:
-    value = _coerce(key, value, hint, where)
-    choices = meta.get("choices")
-    if choices is not None and value is not None and value not in choices:
-        allowed = ", ".join(repr(c) for c in choices)
-        raise ConfigError(f"{where}: {key} = {value!r} is not allowed; choose one of {allowed}")
-    if "min" in meta and value is not None:
-        low, strict = meta["min"], meta.get("strict", False)
-        if value < low or (strict and value == low):
-            op = ">" if strict else ">="
-            raise ConfigError(f"{where}: {key} = {value!r} must be {op} {low}")
-    if "max" in meta and value is not None and value > meta["max"]:
-        raise ConfigError(f"{where}: {key} = {value!r} must be <= {meta['max']}")
-    return value
+def _one_as_list(value: Any, hint: Any) -> Any:
+    """A single string where a list of strings goes: ``prompts = "a dog"``."""
+    is_list = typing.get_origin(hint) is list or typing.get_origin(_inner(hint)) is list
+    return [value] if is_list and isinstance(value, str) else value
 
 
-def _type_name(hint: Any) -> str:
-    args = typing.get_args(hint)
-    if _is_optional(hint):
-        return _type_name(next(a for a in args if a is not type(None)))
-    if typing.get_origin(hint) is list:
-        return f"a list of {_type_name(args[0])}"
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true/false"}
-    return names.get(hint, "a path (string)" if hint is Path else str(hint))
+def _inner(hint: Any) -> Any:
+    """``X`` for ``X | None``, else ``hint``."""
+    inner = optional_inner(hint)
+    return hint if inner is None else inner
 
 
-def _is_optional(hint: Any) -> bool:
-    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
-
-
-def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
-    def bad() -> ConfigError:
-        return ConfigError(
-            f"{where}: {key} must be {_type_name(hint)}, got {type(value).__name__} {value!r}"
-        )
-
-    if _is_optional(hint):
-        inner = next(a for a in typing.get_args(hint) if a is not type(None))
-        return _coerce(key, value, inner, where)
-    if typing.get_origin(hint) is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise bad()
-        (inner,) = typing.get_args(hint)
-        return [_coerce(f"{key}[{i}]", v, inner, where) for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        return value
+def _convert(value: Any, hint: Any) -> Any:
+    """A checked value as its field holds it: ints in float fields as floats, paths as Path."""
+    hint = _inner(hint)
+    if value is None:
+        return None
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad()
         return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad()
-        return value
     if hint is Path:
-        if not isinstance(value, str | os.PathLike):
-            raise bad()
         return Path(value).expanduser()
-    raise bad()  # pragma: no cover - a field type this parser does not know
+    return value
 
 
 def _resolve_paths(name: str, section: Any, base: Path, override_keys: set[str]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tsuika.errors import TsuikaError
 from tsuika.world.render import COLOURS, Scene, caption, sample_scenes, write_dataset
 
 Log = Callable[[str], None]
@@ -33,7 +34,7 @@ GEN_STEPS = 20
 GEN_CFG = 6.0
 
 
-class DemoError(RuntimeError):
+class DemoError(TsuikaError, RuntimeError):
     """A demo step that could not run; the message names the step and the file."""
 
 

@@ -7,7 +7,8 @@ renormalised weight minus ``W`` -- which is how A1111 combines several
 networks on one layer (``extensions-builtin/Lora/networks.py``: every
 network's ``calc_updown`` is taken from the original weight). The result is
 written in the original Stable Diffusion layout
-(:func:`tsuika.models.save_single_file`), which A1111, ComfyUI and diffusers'
+(:func:`tsuika.models.save_single_file`; for SDXL the ``sgm`` layout with
+``conditioner.embedders.0/1``), which A1111, ComfyUI and diffusers'
 ``from_single_file`` read.
 """
 
@@ -43,8 +44,9 @@ def bake_loras(model: BaseModel, loras: Iterable[WeightedSpec]) -> int:
                 previous = updates.get(key)
                 updates[key] = (base, delta if previous is None else previous[1] + delta)
         finally:
-            remove(model.unet)
-            remove(model.text_encoder)
+            for root in (model.unet, model.text_encoder, model.text_encoder_2):
+                if root is not None:
+                    remove(root)
     for weight, delta in updates.values():
         weight.copy_((weight.float() + delta).to(weight.dtype))
     return len(updates)
@@ -60,12 +62,12 @@ def merge(
 ) -> Path:
     """Load ``model`` (with ``vae`` in place of its own), bake ``loras``, write ``out``
     (``.safetensors``, original layout; ``dtype`` e.g. ``torch.float16`` to halve it)."""
-    from tsuika.models import load_base_model, save_single_file
+    from tsuika.models import FAMILIES, ModelFileError, load_base_model, save_single_file
 
     out = Path(out)
     if out.suffix.lower() != ".safetensors":
-        raise ValueError(f"{out}: merge writes a .safetensors file")
-    base = load_base_model(model, vae=vae)
+        raise ModelFileError(f"{out}: merge writes a .safetensors file")
+    base = load_base_model(model, vae=vae, families=FAMILIES)
     specs = list(loras)
     bake_loras(base, specs)
     notes = {

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from tsuika.errors import TsuikaError
+
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-class VaeCompareError(ValueError):
+class VaeCompareError(TsuikaError, ValueError):
     """Inputs that cannot be compared; the message names the file."""
 
 

@@ -6,10 +6,10 @@ import json
 
 import click
 
-from tsuika.cli.train import user_errors
+from tsuika.cli.messages import TsuikaCommand
 
 
-@click.command()
+@click.command(cls=TsuikaCommand)
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option(
@@ -29,17 +29,10 @@ def cv(
     validation. The recommendation is the smallest evaluated step whose mean
     validation loss is within one standard error of the lowest mean.
     """
-    from tsuika.config import ConfigError, load_config
+    from tsuika.config import load_config
     from tsuika.training.cv import cross_validate
 
-    try:
-        cfg = load_config(config, list(overrides))
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        result = cross_validate(cfg, folds, steps)
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    result = cross_validate(load_config(config, list(overrides)), folds, steps)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return

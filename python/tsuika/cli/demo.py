@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from tsuika.cli.messages import TsuikaCommand
 
-@click.command()
+
+@click.command(cls=TsuikaCommand)
 @click.option(
     "--out", type=click.Path(file_okay=False), default="tsuika-demo", show_default=True,
     help="Folder for the dataset, the LoRA, grid.png and report.md.",
@@ -25,14 +27,11 @@ def demo(out: str, steps: int, pictures: int, n_eval: int, seed: int) -> None:
     Runs on the CPU in a few minutes: draws the concept, checks the dataset as
     `tsuika prep` does, trains, generates, and writes grid.png and report.md.
     """
-    from tsuika.demo import DemoError, run_demo
+    from tsuika.demo import run_demo
 
-    try:
-        report = run_demo(
-            Path(out), steps=steps, n_images=pictures, n_eval=n_eval, seed=seed, log=click.echo
-        )
-    except (DemoError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    report = run_demo(
+        Path(out), steps=steps, n_images=pictures, n_eval=n_eval, seed=seed, log=click.echo
+    )
     folder = Path(out)
     click.echo(
         f"fidelity {report['before']['fidelity']:.2f} -> {report['after']['fidelity']:.2f}, "

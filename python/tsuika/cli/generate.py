@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import click
 
+from tsuika.cli.messages import TsuikaCommand
 
-@click.command()
+
+@click.command(cls=TsuikaCommand)
 @click.option(
     "--model",
     required=True,
@@ -75,29 +77,10 @@ def generate(out: str, **options) -> None:
 
     Each PNG carries its parameters in A1111's `parameters` text chunk.
     """
-    from tsuika.formats.a1111_hypernetwork import HypernetworkFileError
-    from tsuika.formats.embedding import EmbeddingFileError
-    from tsuika.formats.kohya_lora import LoraFileError
-    from tsuika.generation import AdapterSpecError, SamplerError
     from tsuika.generation import generate as run
-    from tsuika.models import ArchitectureError, CheckpointError, ModelLoadError
 
-    user_errors = (
-        AdapterSpecError,
-        SamplerError,
-        LoraFileError,
-        EmbeddingFileError,
-        HypernetworkFileError,
-        ModelLoadError,
-        CheckpointError,
-        ArchitectureError,
-        FileNotFoundError,
-    )
     model = options.pop("model")
     prompt = options.pop("prompt")
-    try:
-        pictures = run(model, prompt, out=out, **options)
-    except user_errors as exc:
-        raise click.ClickException(str(exc)) from None
+    pictures = run(model, prompt, out=out, **options)
     for picture in pictures:
         click.echo(str(picture.path))

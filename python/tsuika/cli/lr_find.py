@@ -6,10 +6,10 @@ import json
 
 import click
 
-from tsuika.cli.train import user_errors
+from tsuika.cli.messages import TsuikaCommand
 
 
-@click.command("lr-find")
+@click.command("lr-find", cls=TsuikaCommand)
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--start", type=float, default=1e-7, show_default=True, help="First learning rate.")
 @click.option("--end", type=float, default=1.0, show_default=True, help="Last learning rate.")
@@ -29,18 +29,15 @@ def lr_find(
     The plot is OUTPUT_DIR/lr_find.png; the suggestion is the rate where the
     smoothed loss falls fastest (fallback: the rate at the minimum / 10).
     """
-    from tsuika.config import ConfigError, load_config
+    from tsuika.config import load_config
     from tsuika.training.lr_find import lr_range_test, sweep
 
     try:
         sweep(start, end, steps)
-        cfg = load_config(config, list(overrides))
-    except (ConfigError, ValueError) as exc:
+    except ValueError as exc:  # --start / --end / --steps that make no sweep
         raise click.UsageError(str(exc)) from None
-    try:
-        result = lr_range_test(cfg, start=start, end=end, steps=steps)
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+    cfg = load_config(config, list(overrides))
+    result = lr_range_test(cfg, start=start, end=end, steps=steps)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from tsuika.cli.messages import TsuikaCommand
 
-@click.command()
+
+@click.command(cls=TsuikaCommand)
 @click.option(
     "--model",
     required=True,
@@ -25,22 +27,7 @@ def merge(model: str, loras: tuple[str, ...], vae: str | None, fp16: bool, out: 
     which A1111, ComfyUI and diffusers' from_single_file read."""
     import torch
 
-    from tsuika.formats.kohya_lora import LoraFileError
-    from tsuika.generation import AdapterSpecError
     from tsuika.merge import merge as run
-    from tsuika.models import ArchitectureError, CheckpointError, ModelLoadError
 
-    user_errors = (
-        AdapterSpecError,
-        LoraFileError,
-        ModelLoadError,
-        CheckpointError,
-        ArchitectureError,
-        FileNotFoundError,
-        ValueError,
-    )
-    try:
-        path = run(model, out, loras=loras, vae=vae, dtype=torch.float16 if fp16 else None)
-    except user_errors as exc:
-        raise click.ClickException(str(exc)) from None
+    path = run(model, out, loras=loras, vae=vae, dtype=torch.float16 if fp16 else None)
     click.echo(str(path))

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 
+from tsuika.cli.messages import TsuikaCommand
 from tsuika.data.buckets import BucketSpec, format_bucket_table
 from tsuika.data.scan import (
     DEFAULT_CAPTION_EXTENSION,
-    DatasetError,
     DatasetIndex,
     require_images,
     scan_dataset,
@@ -96,7 +96,7 @@ def _print_text(report: PrepReport, written: int | None, out: Path | None) -> No
         click.echo(f"wrote {written} images to {out}")
 
 
-@click.command()
+@click.command(cls=TsuikaCommand)
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option(
     "--resolution", default="512", show_default=True, help="Training resolution: N or W,H."
@@ -137,10 +137,7 @@ def prep(
             f"--caption-extension must start with '.', got {caption_extension!r}"
         )
     spec = _bucket_spec(resolution, min_bucket, max_bucket, bucket_step, no_upscale)
-    try:
-        index = require_images(scan_dataset(dataset, caption_extension=caption_extension))
-    except DatasetError as exc:
-        raise click.ClickException(str(exc)) from None
+    index = require_images(scan_dataset(dataset, caption_extension=caption_extension))
     if out is not None and out.resolve() == index.root.resolve():
         raise click.UsageError(f"--out {out} is the dataset folder itself; choose another folder")
     report = _scan(index, spec, dedup, threads, max_pixels)

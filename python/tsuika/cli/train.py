@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import click
 
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The errors a run reports as a plain message (exit 1) instead of a traceback."""
-    from tsuika.data.scan import DatasetError
-    from tsuika.models import ArchitectureError, ModelLoadError
-    from tsuika.models import CheckpointError as ModelFileError
-    from tsuika.training.checkpoint import CheckpointError
-
-    return (
-        CheckpointError,
-        DatasetError,
-        ModelLoadError,
-        ModelFileError,
-        ArchitectureError,
-        ImportError,
-        FileNotFoundError,
-    )
+from tsuika.cli.messages import TsuikaCommand
 
 
-@click.command()
+@click.command(cls=TsuikaCommand)
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--set",
@@ -45,18 +29,15 @@ def train(config: str, overrides: tuple[str, ...], resume: str | None) -> None:
 
     Several GPUs: ``accelerate launch -m tsuika.cli train CONFIG``.
     """
-    from tsuika.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config, list(overrides))
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    from tsuika.config import load_config
+    from tsuika.training.interrupt import TrainingInterrupted, resume_command
     from tsuika.training.loop import train as run
 
     try:
-        summary = run(cfg, resume=resume)
-    except user_errors() as exc:
-        raise click.ClickException(str(exc)) from None
+        summary = run(load_config(config, list(overrides)), resume=resume)
+    except TrainingInterrupted as exc:
+        click.echo(f"{exc}\nresume with: {resume_command(config, overrides)}", err=True)
+        raise SystemExit(130) from None
     if summary:
         click.echo(
             f"trained {summary['method']} for {summary['steps_done']} steps: {summary['final_file']}"

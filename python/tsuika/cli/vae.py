@@ -6,8 +6,10 @@ import json
 
 import click
 
+from tsuika.cli.messages import TsuikaGroup
 
-@click.group()
+
+@click.group(cls=TsuikaGroup)
 def vae() -> None:
     """VAE tools."""
 
@@ -38,20 +40,10 @@ def vae() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def compare(images, vaes, model, out, tile_above, as_json) -> None:
     """Encode and decode your pictures through each VAE; report PSNR and SSIM and name the best."""
-    from tsuika.models import ArchitectureError, CheckpointError, ModelLoadError
-    from tsuika.vae_compare import VaeCompareError, format_table
     from tsuika.vae_compare import compare as run
+    from tsuika.vae_compare import format_table
 
     if not vaes and not model:
         raise click.UsageError("give at least one --vae (or --model)")
-    try:
-        report = run(images, vaes, model=model, out=out, tile_above=tile_above)
-    except (
-        VaeCompareError,
-        ModelLoadError,
-        CheckpointError,
-        ArchitectureError,
-        FileNotFoundError,
-    ) as exc:
-        raise click.ClickException(str(exc)) from None
+    report = run(images, vaes, model=model, out=out, tile_above=tile_above)
     click.echo(json.dumps(report, indent=2) if as_json else format_table(report))

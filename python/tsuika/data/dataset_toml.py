@@ -5,7 +5,6 @@
     keep_tokens = 1
 
     [[datasets]]
-    resolution = 512               # dataset keys: kept in DatasetIndex.options
 
       [[datasets.subsets]]
       image_dir = "img/sks_dog"    # relative to the TOML file's folder (*tsuika*)
@@ -13,7 +12,7 @@
       class_tokens = "sks dog"
 
       [[datasets.subsets]]
-      image_dir = "img/dog"
+      image_dir = "img/dog"        # class pictures for DreamBooth's prior preservation
       is_reg = true
 
 Top-level ``[[subsets]]`` (one implicit dataset) is accepted as a shorthand.
@@ -21,7 +20,17 @@ Subset keys may also be set on ``[general]`` or a ``[[datasets]]`` entry and
 are inherited, as in kohya. kohya keys tsuika does not use are ignored with
 a warning; unknown keys are errors naming the key, so typos do not pass.
 Relative ``image_dir`` is resolved against the TOML's folder (kohya uses the
-working directory), so a dataset file can move with its images.
+working directory), so a dataset file can move with its images, and may not
+leave that folder (``..``, or a symlink out of it, is an error): a TOML from
+someone else reads only the folder it sits in, or absolute paths written out
+in full. The TOML names no place to write (caches and outputs go to
+``output.dir``).
+
+kohya's dataset-level keys (``resolution``, ``batch_size``, bucket settings: see
+:data:`RUN_CONFIG_KEYS`) are errors naming the run-config key that sets them.
+``is_reg = true`` subsets are regularisation (class) pictures, as in kohya: the
+items keep ``is_reg``; training hands them to DreamBooth as its class pictures
+(prior preservation) and refuses them for methods that have no use for them.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib  # type: ignore[no-redef]
 
-from tsuika.data.scan import (
+from tsuika.checks import CheckError, Rule, Wording, check_table
+from tsuika.data.index import (
     DEFAULT_CAPTION_EXTENSION,
     DatasetError,
     DatasetIndex,
@@ -61,15 +71,18 @@ SUBSET_ONLY_KEYS: dict[str, type | tuple[type, ...]] = {
     "is_reg": bool,
     "name": str,
 }
-# Dataset-level keys, returned in DatasetIndex.options for the run config to use.
-DATASET_KEYS: dict[str, type | tuple[type, ...]] = {
-    "resolution": (int, list),
-    "min_bucket_reso": int,
-    "max_bucket_reso": int,
-    "bucket_reso_steps": int,
-    "bucket_no_upscale": bool,
-    "enable_bucket": bool,
-    "batch_size": int,
+# kohya's dataset-level keys and where tsuika takes each from instead: one bucket setup
+# and batch size per run, set in the run config (and `tsuika prep` flags). They are
+# errors here, not ignored, so a value written in the dataset TOML never silently
+# differs from what trains.
+RUN_CONFIG_KEYS: dict[str, str] = {
+    "resolution": "data.resolution (tsuika prep --resolution)",
+    "min_bucket_reso": "data.min_bucket (tsuika prep --min-bucket)",
+    "max_bucket_reso": "data.max_bucket (tsuika prep --max-bucket)",
+    "bucket_reso_steps": "data.bucket_step (tsuika prep --bucket-step)",
+    "bucket_no_upscale": "data.no_upscale (tsuika prep --no-upscale)",
+    "batch_size": "training.batch_size",
+    "enable_bucket": "nothing: tsuika always buckets",
 }
 # kohya keys accepted and ignored (tsuika sets these elsewhere or has no such feature).
 IGNORED_KOHYA_KEYS = frozenset(
@@ -97,6 +110,15 @@ IGNORED_KOHYA_KEYS = frozenset(
 UNSUPPORTED_KOHYA_KEYS = frozenset({"metadata_file", "conditioning_data_dir"})
 
 
+# How a broken key reads in a dataset TOML (the file's path goes in front).
+DATASET_WORDING = Wording(
+    wrong_type="{key} has the wrong type ({got}: {value!r})",
+    bad_choice="{key} = {value!r} is not allowed; choose one of {allowed}",
+    out_of_bounds="{key} = {value!r} must be {bound}",
+    unknown_keys="unknown key {dotted} (allowed: {allowed})",
+)
+
+
 def _check_table(table: dict[str, Any], allowed: dict, where: str, path: Path, warns: list) -> dict:
     """The recognised keys of ``table``, type-checked; warns on ignored kohya keys."""
     out = {}
@@ -109,17 +131,12 @@ def _check_table(table: dict[str, Any], allowed: dict, where: str, path: Path, w
         if key in IGNORED_KOHYA_KEYS:
             warns.append(ScanWarning(path, f"{where}.{key} is a kohya key tsuika ignores"))
             continue
-        if key not in allowed:
-            raise DatasetError(
-                f"{path}: unknown key {where}.{key} (allowed: {', '.join(sorted(allowed))})"
-            )
-        expected = allowed[key]
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            raise DatasetError(
-                f"{path}: {where}.{key} has the wrong type ({type(value).__name__}: {value!r})"
-            )
         out[key] = value
-    return out
+    rules = {key: Rule(kind) for key, kind in sorted(allowed.items())}
+    try:
+        return check_table(out, rules, where, DATASET_WORDING)
+    except CheckError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
 
 
 def _dataset_tables(doc: dict[str, Any], path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -135,15 +152,27 @@ def _dataset_tables(doc: dict[str, Any], path: Path) -> list[tuple[str, dict[str
     return tables
 
 
-def _resolve_dir(value: str, base: Path) -> Path:
+def _resolve_dir(value: str, base: Path, where: str, path: Path) -> Path:
+    """An absolute ``image_dir`` as written; a relative one under ``base``, which it
+    may not leave (``..`` or a symlink pointing out), so that a dataset TOML from
+    elsewhere cannot make tsuika read folders its user never named."""
     image_dir = Path(value).expanduser()
-    return image_dir if image_dir.is_absolute() else base / image_dir
+    if image_dir.is_absolute():
+        return image_dir
+    inside = (base / image_dir).resolve()
+    if not inside.is_relative_to(base.resolve()):
+        raise DatasetError(
+            f"{path}: {where}.image_dir = {value!r} leads outside the TOML's folder "
+            f"{base} (to {inside}); relative folders must stay inside it, write an "
+            "absolute path to name a folder elsewhere"
+        )
+    return base / image_dir
 
 
 def _subset(values: dict[str, Any], base: Path, where: str, path: Path, default_ext: str) -> Subset:
     if "image_dir" not in values:
         raise DatasetError(f"{path}: {where}.image_dir is required")
-    image_dir = _resolve_dir(values["image_dir"], base)
+    image_dir = _resolve_dir(values["image_dir"], base, where, path)
     try:
         return Subset(
             name=values.get("name", image_dir.name),
@@ -171,14 +200,15 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _merge_options(options: dict[str, Any], new: dict[str, Any], where: str, path: Path) -> None:
-    for key, value in new.items():
-        if key in options and options[key] != value:
+def _refuse_run_keys(table: dict[str, Any], where: str, path: Path) -> None:
+    """kohya's dataset-level keys are set in the run config in tsuika: name where."""
+    for key in table:
+        if key in RUN_CONFIG_KEYS:
+            prefix = f"{where}." if where else ""
             raise DatasetError(
-                f"{path}: {where}.{key} = {value!r} differs from another dataset's {options[key]!r}; "
-                "tsuika trains one bucket setup per run"
+                f"{path}: {prefix}{key} is not read from a dataset TOML; tsuika sets it in "
+                f"{RUN_CONFIG_KEYS[key]}"
             )
-        options[key] = value
 
 
 def scan_dataset_toml(
@@ -198,19 +228,18 @@ def scan_dataset_toml(
                 f"{path}: unknown table [{key}] (allowed: general, datasets, subsets)"
             )
     warns: list[ScanWarning] = []
-    inheritable = {**SUBSET_KEYS, **DATASET_KEYS}
-    general = _check_table(doc.get("general", {}), inheritable, "general", path, warns)
-    options = {k: v for k, v in general.items() if k in DATASET_KEYS}
+    general_table = doc.get("general", {})
+    _refuse_run_keys(general_table, "general", path)
+    general = _check_table(general_table, SUBSET_KEYS, "general", path, warns)
     subsets: list[Subset] = []
     taken: set[str] = set()
     for where, dataset in _dataset_tables(doc, path):
         own = {k: v for k, v in dataset.items() if k != "subsets"}
-        dvalues = _check_table(own, inheritable, where, path, warns)
-        _merge_options(
-            options, {k: v for k, v in dvalues.items() if k in DATASET_KEYS}, where, path
-        )
+        _refuse_run_keys(own, where, path)
+        dvalues = _check_table(own, SUBSET_KEYS, where, path, warns)
         for s, table in enumerate(dataset.get("subsets", [])):
             swhere = f"{where}.subsets[{s}]" if where else f"subsets[{s}]"
+            _refuse_run_keys(table, swhere, path)
             svalues = _check_table(table, {**SUBSET_KEYS, **SUBSET_ONLY_KEYS}, swhere, path, warns)
             merged = {
                 **{k: v for k, v in general.items() if k in SUBSET_KEYS},
@@ -224,6 +253,4 @@ def scan_dataset_toml(
         items = [item for subset in subsets for item in scan_subset(subset, warns)]
     except DatasetError as exc:
         raise DatasetError(f"{path}: {exc}") from exc
-    return DatasetIndex(
-        path.parent, tuple(items), {s.name: s for s in subsets}, tuple(warns), options
-    )
+    return DatasetIndex(path.parent, tuple(items), {s.name: s for s in subsets}, tuple(warns))

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from tsuika.atomic import atomic_write
+from tsuika.errors import TsuikaError
 
 # Fields of the file besides the layers, with A1111's defaults for absent ones.
 FIELD_DEFAULTS: dict[str, Any] = {
@@ -65,7 +66,7 @@ NO_ACTIVATION = (None, "linear")
 ModuleState = dict[str, torch.Tensor]
 
 
-class HypernetworkFileError(ValueError):
+class HypernetworkFileError(TsuikaError, ValueError):
     """A hypernetwork file (or state) that cannot be read; the message names the file and key."""
 
 
@@ -388,12 +389,16 @@ def _read_pt(path: Path) -> tuple[dict[int, Any], dict[str, Any]]:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[int, Any], dict[str, Any]]:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+
+    from tsuika.formats.safetensors_check import SafetensorsHeaderError, safe_open_checked
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open_checked(path) as f:
             header = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorsHeaderError as exc:
+        raise HypernetworkFileError(str(exc)) from None
     except (SafetensorError, OSError) as exc:
         raise HypernetworkFileError(f"{path}: not a readable safetensors file ({exc})") from None
     values: dict[str, Any] = {}

@@ -117,12 +117,12 @@ def load_diffusers_lora(path: str | os.PathLike) -> dict[str, dict[str, LoraWeig
     Without ``lora_adapter_metadata`` alpha defaults to the rank (peft's
     default scale of 1).
     """
-    from safetensors import safe_open
+    from tsuika.formats.safetensors_check import safe_open_checked
 
     source = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    with safe_open(source, framework="pt") as f:
+    with safe_open_checked(source) as f:
         header = dict(f.metadata() or {})
         state = {k: f.get_tensor(k) for k in f.keys()}
     meta = json.loads(header.get(METADATA_KEY, "{}"))
@@ -144,8 +144,8 @@ def load_diffusers_lora(path: str | os.PathLike) -> dict[str, dict[str, LoraWeig
             if set(parts) != {"A.weight", "B.weight"}:
                 raise LoraFileError(f"{source}: {component}.{module} lacks lora_A or lora_B")
             down, up = parts["A.weight"], parts["B.weight"]
-            _, alpha = _alpha_for(config, _target_path(module))
-            if not config:
-                alpha = float(down.shape[0])
+            alpha = float(down.shape[0])  # no header: peft's default scale of 1
+            if config:
+                _, alpha = _alpha_for(config, _target_path(module))
             out.setdefault(component, {})[module] = LoraWeights(down=down, up=up, alpha=alpha)
     return out

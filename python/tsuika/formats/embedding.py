@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import torch
 
 from tsuika.atomic import atomic_write
+from tsuika.errors import TsuikaError
 
 A1111_STAR_TOKEN_ID = 265  # CLIP's id of "*", the key A1111 writes in string_to_token
 EMB_PARAMS = "emb_params"
@@ -46,7 +47,7 @@ PICKLE_SUFFIXES = (".pt", ".bin", ".pth", ".ckpt")
 Vectors = torch.Tensor | dict[str, torch.Tensor]
 
 
-class EmbeddingFileError(ValueError):
+class EmbeddingFileError(TsuikaError, ValueError):
     """An embedding file that cannot be read or written; the message names the file and key."""
 
 
@@ -113,11 +114,15 @@ def _read_raw(path: Path) -> tuple[Any, dict[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"embedding file not found: {path}")
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError
+
+        from tsuika.formats.safetensors_check import SafetensorsHeaderError, safe_open_checked
 
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
+            with safe_open_checked(path) as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except SafetensorsHeaderError as exc:
+            raise EmbeddingFileError(str(exc)) from None
         except SafetensorError as exc:
             raise EmbeddingFileError(f"{path}: not a readable safetensors file ({exc})") from None
     try:

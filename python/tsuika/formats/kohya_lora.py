@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 
 from tsuika.atomic import atomic_write
+from tsuika.errors import TsuikaError
 
 PREFIXES = ("lora_unet", "lora_te", "lora_te1", "lora_te2")
 TEXT_PREFIXES = ("lora_te", "lora_te1", "lora_te2")
@@ -36,7 +37,7 @@ SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha", "dora_scale")
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
-class LoraFileError(ValueError):
+class LoraFileError(TsuikaError, ValueError):
     """A LoRA file (or state dict) that cannot be read; the message names the file and key."""
 
 
@@ -166,19 +167,19 @@ def load_kohya_lora(path: str | os.PathLike) -> dict[str, LoraWeights]:
     Raises :class:`LoraFileError` naming the file and key for non-finite
     values, inconsistent shapes, unknown prefixes or suffixes.
     """
-    from safetensors.torch import load_file
+    from tsuika.formats.safetensors_check import load_file_checked
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    return parse_kohya_state_dict(load_file(str(path)), source=str(path))
+    return parse_kohya_state_dict(load_file_checked(path), source=str(path))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The safetensors header metadata (``{}`` when there is none)."""
-    from safetensors import safe_open
+    from tsuika.formats.safetensors_check import safe_open_checked
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open_checked(path) as f:
         return dict(f.metadata() or {})
 
 
@@ -246,7 +247,13 @@ def atomic_save_safetensors(
     """Write to a temporary file in the same folder, then ``os.replace`` it into place."""
     from safetensors.torch import save_file
 
-    return atomic_write(path, lambda tmp: save_file(dict(tensors), tmp, metadata=dict(metadata)))
+    from tsuika.formats.safetensors_check import canonical_header
+
+    def write(tmp: str) -> None:
+        save_file(dict(tensors), tmp, metadata=dict(metadata))
+        canonical_header(tmp)  # the same content gives the same bytes in every process
+
+    return atomic_write(path, write)
 
 
 def save_kohya_lora(

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tsuika.errors import TsuikaError
 from tsuika.models.base import BaseModel
 
 from .embeddings import EmbeddingSet, load_embeddings
 
 
-class AdapterSpecError(ValueError):
+class AdapterSpecError(TsuikaError, ValueError):
     """A ``FILE[:WEIGHT]`` / ``FILE[:TOKEN]`` spec that does not parse; names the spec."""
 
 

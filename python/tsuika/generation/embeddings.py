@@ -9,7 +9,8 @@ before tokenising. Internal names cannot collide with real text, so the
 trigger word is matched as a whole word only (never inside a longer word,
 which a token added under the word itself would be).
 
-:meth:`EmbeddingSet.remove` restores the tokenizer and the table.
+:meth:`EmbeddingSet.remove` restores the tokenizer and the table. An SDXL
+embedding goes into both text encoders (``clip_l`` and ``clip_g``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ import torch
 from tsuika.formats.embedding import EmbeddingFileError, load_embedding
 from tsuika.models.base import BaseModel
 
+# (file key, text encoder, tokenizer) of each table an embedding goes into; SD's one
+# tensor has no key, SDXL's file holds clip_l and clip_g
+SD_ENCODERS: tuple[tuple[str | None, str, str], ...] = ((None, "text_encoder", "tokenizer"),)
+ENCODERS: dict[str, tuple[tuple[str | None, str, str], ...]] = {
+    "sdxl": (("clip_l", "text_encoder", "tokenizer"), ("clip_g", "text_encoder_2", "tokenizer_2")),
+}
+
+
+def _encoders(model: BaseModel) -> tuple[tuple[str | None, str, str], ...]:
+    return ENCODERS.get(model.kind, SD_ENCODERS)
+
 
 class EmbeddingSet:
     """Embeddings loaded into a model; ``words`` maps each trigger word to its tokens."""
@@ -33,8 +45,11 @@ class EmbeddingSet:
         self.model = model
         self.words: dict[str, list[str]] = {}
         self.files: dict[str, Path] = {}
-        self._tokenizer = copy.deepcopy(model.tokenizer)
-        self._rows = int(model.text_encoder.get_input_embeddings().weight.shape[0])
+        # (encoder attr, tokenizer attr, tokenizer as it was, table rows as they were)
+        self._saved = [
+            (enc, tok, copy.deepcopy(getattr(model, tok)), _table(model, enc).shape[0])
+            for _, enc, tok in _encoders(model)
+        ]
 
     def expand(self, prompt: str) -> str:
         """``prompt`` with each trigger word replaced by its internal tokens."""
@@ -46,33 +61,48 @@ class EmbeddingSet:
     def remove(self) -> None:
         if not self.words:
             return
-        self.model.tokenizer = self._tokenizer
-        self.model.text_encoder.resize_token_embeddings(self._rows, mean_resizing=False)
+        for enc, tok, tokenizer, rows in self._saved:
+            setattr(self.model, tok, tokenizer)
+            getattr(self.model, enc).resize_token_embeddings(int(rows), mean_resizing=False)
         self.words, self.files = {}, {}
 
 
-def _vectors(path: Path, width: int) -> torch.Tensor:
+def _table(model: BaseModel, encoder: str) -> torch.Tensor:
+    return getattr(model, encoder).get_input_embeddings().weight
+
+
+def _vectors(path: Path, widths: dict[str | None, int]) -> dict[str | None, torch.Tensor]:
+    """The file's vectors per table key, each checked against its table's width."""
     vectors, _ = load_embedding(path)
-    if not isinstance(vectors, torch.Tensor):
+    if isinstance(vectors, torch.Tensor):
+        if None not in widths:
+            raise EmbeddingFileError(
+                f"{path}: an SD 1.x/2.x embedding (one [n, dim] tensor); this model is SDXL "
+                "and needs clip_l + clip_g"
+            )
+        vectors = {None: vectors}
+    elif None in widths:
         raise EmbeddingFileError(
             f"{path}: an SDXL embedding (clip_l + clip_g); this model is SD 1.x/2.x"
         )
-    if vectors.shape[1] != width:
-        raise EmbeddingFileError(
-            f"{path}: vectors of width {vectors.shape[1]}, the text encoder's is {width} "
-            "(an embedding for another model family?)"
-        )
+    for key, width in widths.items():
+        if vectors[key].shape[1] != width:
+            raise EmbeddingFileError(
+                f"{path}: {key + ' ' if key else ''}vectors of width {vectors[key].shape[1]}, "
+                f"the text encoder's is {width} (an embedding for another model family?)"
+            )
     return vectors
 
 
 def load_embeddings(
     model: BaseModel, files: Sequence[tuple[str | os.PathLike, str | None]]
 ) -> EmbeddingSet:
-    """Load embedding files ``[(path, trigger word or None = the file's stem)]`` into ``model``."""
+    """Load embedding files ``[(path, trigger word or None = the file's stem)]`` into ``model``
+    (SDXL: ``clip_l`` into text encoder 1, ``clip_g`` into text encoder 2)."""
     loaded = EmbeddingSet(model)
-    table = model.text_encoder.get_input_embeddings()
-    width = int(table.weight.shape[1])
-    pending: list[tuple[str, Path, torch.Tensor]] = []
+    encoders = _encoders(model)
+    widths = {key: int(_table(model, enc).shape[1]) for key, enc, _ in encoders}
+    pending: list[tuple[str, Path, dict[str | None, torch.Tensor]]] = []
     for path, word in files:
         path = Path(path)
         word = (word or path.stem).strip()
@@ -80,17 +110,21 @@ def load_embeddings(
             raise EmbeddingFileError(f"{path}: trigger word {word!r} must be one word")
         if word.lower() in (w.lower() for w, _, _ in pending):
             raise EmbeddingFileError(f"{path}: trigger word {word!r} is used by two embeddings")
-        pending.append((word, path, _vectors(path, width)))
+        pending.append((word, path, _vectors(path, widths)))
     for i, (word, path, vectors) in enumerate(pending):
-        tokens = [f"<tsuika-emb-{i}-{j}>" for j in range(vectors.shape[0])]
-        model.tokenizer.add_tokens(tokens)
+        count = next(iter(vectors.values())).shape[0]
+        tokens = [f"<tsuika-emb-{i}-{j}>" for j in range(count)]
+        for _, _, tok in encoders:
+            getattr(model, tok).add_tokens(tokens)
         loaded.words[word], loaded.files[word] = tokens, path
     if not pending:
         return loaded
-    model.text_encoder.resize_token_embeddings(len(model.tokenizer), mean_resizing=False)
-    weight = model.text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        for word, _, vectors in pending:
-            ids = model.tokenizer.convert_tokens_to_ids(loaded.words[word])
-            weight[ids] = vectors.to(weight.device, weight.dtype)
+    for key, enc, tok in encoders:
+        tokenizer, encoder = getattr(model, tok), getattr(model, enc)
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        weight = _table(model, enc)
+        with torch.no_grad():
+            for word, _, vectors in pending:
+                ids = tokenizer.convert_tokens_to_ids(loaded.words[word])
+                weight[ids] = vectors[key].to(weight.device, weight.dtype)
     return loaded

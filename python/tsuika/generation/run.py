@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from tsuika.checks import CheckError
 from tsuika.models.base import BaseModel
 
 from .adapters import Adapters, TokenSpec, WeightedSpec, attach
@@ -63,20 +64,21 @@ def _device_and_dtype(device: str | None, dtype: torch.dtype | str | None):
 
 def _load(model, vae, device, dtype) -> tuple[BaseModel, tuple | None]:
     """The model to run and, for a model passed in loaded, its ``(vae, vae_source)`` to restore."""
-    from tsuika.models import load_base_model, load_vae
+    from tsuika.models import FAMILIES, load_base_model, load_vae
 
     if isinstance(model, BaseModel):
         if vae is None:
             return model, None
         saved = (model.vae, model.vae_source)
         param = next(model.vae.parameters())
-        model.vae = load_vae(vae).to(param.device, param.dtype)
+        model.vae = load_vae(vae, kind=model.kind).to(param.device, param.dtype)
         model.vae_source = Path(vae)
         return model, saved
-    loaded = load_base_model(model, vae=vae, dtype=dtype)
-    for part in (loaded.unet, loaded.text_encoder):
-        part.to(device)
-    loaded.vae.to(device, torch.float32)  # SD's VAE overflows in fp16; decode in fp32
+    loaded = load_base_model(model, vae=vae, dtype=dtype, families=FAMILIES)
+    for part in (loaded.unet, loaded.text_encoder, loaded.text_encoder_2):
+        if part is not None:
+            part.to(device)
+    loaded.vae.to(device, torch.float32)  # SD's (and SDXL's) VAE overflows in fp16: fp32
     return loaded, None
 
 
@@ -86,7 +88,7 @@ def _check_size(model: BaseModel, width: int | None, height: int | None) -> tupl
     factor = model.vae_scale_factor
     for name, value in (("width", width), ("height", height)):
         if value <= 0 or value % factor:
-            raise ValueError(f"{name} must be a positive multiple of {factor}, got {value}")
+            raise CheckError(name, f"{name} must be a positive multiple of {factor}, got {value}")
     return width, height
 
 
@@ -173,11 +175,13 @@ def generate(
     A1111's labels). ``loras`` / ``hypernetworks``: ``"FILE[:WEIGHT]"`` or
     ``(path, weight)``; ``embeddings``: ``"FILE[:TOKEN]"`` or ``(path, token)``.
     """
-    from .denoise import denoise, encode_prompts
+    from .denoise import denoise, encode_prompt_states
     from .vae import decode, to_picture
 
     if n < 1 or steps < 1 or batch_size < 1:
-        raise ValueError(f"n, steps and batch_size must be >= 1 (got {n}, {steps}, {batch_size})")
+        raise CheckError(
+            "n", f"n, steps and batch_size must be >= 1 (got {n}, {steps}, {batch_size})"
+        )
     sampler = sampler_key(sampler)
     if seed is None or seed == -1:
         seed = random.randrange(MAX_SEED)
@@ -188,8 +192,8 @@ def generate(
     folder = Path(out) if out is not None else None
     try:
         text_device = next(base.text_encoder.parameters()).device
-        cond = encode_prompts(base, [adapters.expand(prompt)], text_device)
-        uncond = encode_prompts(base, [adapters.expand(negative_prompt)], text_device)
+        cond = encode_prompt_states(base, [adapters.expand(prompt)], text_device)
+        uncond = encode_prompt_states(base, [adapters.expand(negative_prompt)], text_device)
         recorded = _recorded_prompt(prompt, adapters)
         fields = _fields(
             base, adapters, steps=steps, sampler=sampler, cfg=cfg, width=width, height=height
@@ -199,8 +203,8 @@ def generate(
         for seeds in _batches([seed + i for i in range(n)], batch_size):
             latents = denoise(
                 base,
-                cond.expand(len(seeds), -1, -1),
-                uncond.expand(len(seeds), -1, -1),
+                cond.repeat(len(seeds)),
+                uncond.repeat(len(seeds)),
                 seeds,
                 latent_size=(height // factor, width // factor),
                 steps=steps,

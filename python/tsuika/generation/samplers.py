@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tsuika.errors import TsuikaError
 
-class SamplerError(ValueError):
+
+class SamplerError(TsuikaError, ValueError):
     """An unknown sampler name; the message lists the known ones."""
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tsuika.errors import ConfigError
 from tsuika.methods.base import Method
 
 MethodFactory = Callable[[dict[str, Any]], Method]
@@ -78,9 +79,7 @@ def build_method(name: str, table: dict[str, Any] | None = None) -> Method:
 
 
 def validate_method_table(name: str, table: dict[str, Any], where: str = "config") -> None:
-    """Raise :class:`tsuika.config.ConfigError` naming ``method.<key>`` if the table is bad."""
-    from tsuika.config import ConfigError
-
+    """Raise :class:`tsuika.errors.ConfigError` naming ``method.<key>`` if the table is bad."""
     if name not in METHODS:
         raise ConfigError(
             f"{where}: method.name = {name!r} is not a registered method; "

@@ -11,9 +11,13 @@ from typing import Any
 class BaseModel:
     """A Stable Diffusion model, loaded offline, as torch modules.
 
-    ``kind`` is one of ``"sd1"``, ``"sd2"`` (``prediction_type`` says whether an
-    SD 2.x model is ``"epsilon"`` or ``"v_prediction"``). ``source`` is the
+    ``kind`` is one of ``"sd1"``, ``"sd2"``, ``"sdxl"`` (``prediction_type`` says
+    whether the model is ``"epsilon"`` or ``"v_prediction"``). ``source`` is the
     local path it came from (a diffusers folder or a single file).
+
+    SDXL models carry a second text encoder (``text_encoder_2``, a
+    ``transformers.CLIPTextModelWithProjection``: OpenCLIP ViT-bigG) and its
+    tokenizer (``tokenizer_2``); both are ``None`` for SD 1.x / 2.x.
     """
 
     unet: Any  # diffusers.UNet2DConditionModel
@@ -26,6 +30,8 @@ class BaseModel:
     source: Path | None = None
     vae_source: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    text_encoder_2: Any = None  # transformers.CLIPTextModelWithProjection (SDXL only)
+    tokenizer_2: Any = None  # transformers.CLIPTokenizer padding with "!" (SDXL only)
 
     @property
     def vae_scale_factor(self) -> int:

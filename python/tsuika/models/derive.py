@@ -4,8 +4,11 @@ Detection (original layout keys):
 
 * SD 1.x: ``cond_stage_model.transformer.*`` (OpenAI CLIP, HF names);
 * SD 2.x: ``cond_stage_model.model.*`` (OpenCLIP);
-* SDXL (``conditioner.embedders.*``, ``model.diffusion_model.label_emb.*``) and
-  anything else raise :class:`ArchitectureError` naming the file and what was found.
+* SDXL: ``conditioner.embedders.*`` / ``model.diffusion_model.label_emb.*``
+  (CLIP ViT-L at ``embedders.0.transformer``, OpenCLIP ViT-bigG at
+  ``embedders.1.model``; configs in :mod:`tsuika.models.sdxl`);
+* anything else (an SDXL refiner, a partial file) raises :class:`ArchitectureError`
+  naming the file and what was found.
 
 Sizes (channels, blocks, layers, context width, text width/depth, VAE factor)
 come from tensor shapes, so narrow test models load through the same code.
@@ -27,18 +30,21 @@ from pathlib import Path
 
 import torch
 
-from .original_layout import SD1_TEXT_PREFIX_SHORT, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from tsuika.errors import TsuikaError
 
-SHIPPED_KINDS = ("sd1", "sd2", "sd2-v")
+from .original_layout import SD1_TEXT_PREFIX_SHORT, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from .sdxl_layout import TEXT1_PREFIX_SHORT, TEXT2_PREFIX
+
+SHIPPED_KINDS = ("sd1", "sd2", "sd2-v", "sdxl")
 SDXL_MARKERS = ("conditioner.embedders.", UNET_PREFIX + "label_emb.")
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(TsuikaError, ValueError):
     """A checkpoint that is not an SD 1.x / 2.x model in the original layout."""
 
 
 def shipped_config_dir(name: str) -> Path:
-    """The folder of shipped diffusers component configs (``sd1``, ``sd2``, ``sd2-v``)."""
+    """The folder of shipped diffusers component configs (``sd1``, ``sd2``, ``sd2-v``, ``sdxl``)."""
     if name not in SHIPPED_KINDS:
         raise ValueError(f"no shipped config {name!r}; expected one of {SHIPPED_KINDS}")
     return Path(str(resources.files("tsuika.models") / "configs" / name))
@@ -54,13 +60,32 @@ def _prefixes(state: Mapping[str, torch.Tensor], depth: int = 2) -> list[str]:
     return sorted({".".join(k.split(".")[:depth]) for k in state})[:8]
 
 
+def _check_sdxl(state: Mapping[str, torch.Tensor], source: object) -> str:
+    parts = {
+        "UNet (model.diffusion_model.*)": UNET_PREFIX + "input_blocks.0.0.weight" in state,
+        "VAE (first_stage_model.*)": any(k.startswith(VAE_PREFIX) for k in state),
+        "text encoder 1 (conditioner.embedders.0.transformer.*)": any(
+            k.startswith(TEXT1_PREFIX_SHORT) for k in state
+        ),
+        "text encoder 2 (conditioner.embedders.1.model.*)": any(
+            k.startswith(TEXT2_PREFIX) for k in state
+        ),
+    }
+    missing = [name for name, found in parts.items() if not found]
+    if not missing:
+        return "sdxl"
+    refiner = any(k.startswith("conditioner.embedders.0.model.") for k in state)
+    hint = " (an SDXL refiner? only SDXL base-shaped models are supported)" if refiner else ""
+    raise ArchitectureError(
+        f"{source}: not a complete SDXL checkpoint{hint}: missing {', '.join(missing)}; "
+        f"found {len(state)} tensors under {', '.join(_prefixes(state)) or 'nothing'}"
+    )
+
+
 def detect_kind(state: Mapping[str, torch.Tensor], source: object) -> str:
-    """``"sd1"`` or ``"sd2"`` from the keys, or a clear :class:`ArchitectureError`."""
+    """``"sd1"``, ``"sd2"`` or ``"sdxl"`` from the keys, or a clear :class:`ArchitectureError`."""
     if any(k.startswith(SDXL_MARKERS) for k in state):
-        raise ArchitectureError(
-            f"{source}: this looks like an SDXL checkpoint (found conditioner.embedders / "
-            "label_emb keys); tsuika supports SD 1.x and SD 2.x"
-        )
+        return _check_sdxl(state, source)
     has_unet = UNET_PREFIX + "input_blocks.0.0.weight" in state
     has_vae = any(k.startswith(VAE_PREFIX) for k in state)
     sd2 = any(k.startswith(SD2_TEXT_PREFIX) for k in state)
@@ -171,26 +196,36 @@ def vae_config(state: Mapping[str, torch.Tensor], base: dict, prefix: str = VAE_
     return config
 
 
-def text_config(state: Mapping[str, torch.Tensor], base: dict, kind: str) -> dict:
-    if kind == "sd2":
-        p = SD2_TEXT_PREFIX
-        token = state[p + "token_embedding.weight"]
-        positions = state[p + "positional_embedding"]
-        n_layers = (
-            _count(state, re.escape(p) + r"transformer\.resblocks\.(\d+)\.") - 1
-        )  # penultimate
-        inner = state[p + "transformer.resblocks.0.mlp.c_fc.weight"]
-    else:
-        short = SD1_TEXT_PREFIX_SHORT
-        p = (
-            short + "text_model."
-            if any(k.startswith(short + "text_model.") for k in state)
-            else short
-        )
-        token = state[p + "embeddings.token_embedding.weight"]
-        positions = state[p + "embeddings.position_embedding.weight"]
-        n_layers = _count(state, re.escape(p) + r"encoder\.layers\.(\d+)\.")
-        inner = state[p + "encoder.layers.0.mlp.fc1.weight"]
+def hf_text_config(state: Mapping[str, torch.Tensor], short: str, base: dict) -> dict:
+    """A CLIPTextModel config from transformers-named tensors under ``short``
+    (``text_model.`` after it is optional)."""
+    p = short + "text_model." if any(k.startswith(short + "text_model.") for k in state) else short
+    return _text_sizes(
+        base,
+        token=state[p + "embeddings.token_embedding.weight"],
+        positions=state[p + "embeddings.position_embedding.weight"],
+        n_layers=_count(state, re.escape(p) + r"encoder\.layers\.(\d+)\."),
+        inner=state[p + "encoder.layers.0.mlp.fc1.weight"],
+    )
+
+
+def openclip_text_config(
+    state: Mapping[str, torch.Tensor], p: str, base: dict, unused_layers: int = 0
+) -> dict:
+    """A CLIPTextModel config from open_clip-named tensors under ``p``; the last
+    ``unused_layers`` blocks are left out (SD 2.x reads the penultimate layer)."""
+    return _text_sizes(
+        base,
+        token=state[p + "token_embedding.weight"],
+        positions=state[p + "positional_embedding"],
+        n_layers=_count(state, re.escape(p) + r"transformer\.resblocks\.(\d+)\.") - unused_layers,
+        inner=state[p + "transformer.resblocks.0.mlp.c_fc.weight"],
+    )
+
+
+def _text_sizes(
+    base: dict, *, token: torch.Tensor, positions: torch.Tensor, n_layers: int, inner: torch.Tensor
+) -> dict:
     hidden = int(token.shape[1])
     config = dict(base)
     config.update(
@@ -204,6 +239,12 @@ def text_config(state: Mapping[str, torch.Tensor], base: dict, kind: str) -> dic
         config["num_attention_heads"] = text_heads(hidden)
         config["projection_dim"] = hidden
     return config
+
+
+def text_config(state: Mapping[str, torch.Tensor], base: dict, kind: str) -> dict:
+    if kind == "sd2":
+        return openclip_text_config(state, SD2_TEXT_PREFIX, base, unused_layers=1)
+    return hf_text_config(state, SD1_TEXT_PREFIX_SHORT, base)
 
 
 def derive_configs(

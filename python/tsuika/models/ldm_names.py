@@ -13,7 +13,8 @@ rewrite LoRA keys into (A1111 ``extensions-builtin/Lora/lora.py``,
   (``1`` when that up block has no attention, i.e. SD's ``up_blocks.0``)
 * inside a resnet: ``norm1 conv1 time_emb_proj norm2 conv2 conv_shortcut`` ->
   ``in_layers.0 in_layers.2 emb_layers.1 out_layers.0 out_layers.3 skip_connection``
-* ``time_embedding.linear_{1,2}`` -> ``time_embed.{0,2}``, ``conv_in`` ->
+* ``time_embedding.linear_{1,2}`` -> ``time_embed.{0,2}``; SDXL's ``add_embedding.linear_{1,2}``
+  (pooled text + size/crop ids) -> ``label_emb.0.{0,2}`` (sgm ``openaimodel.py``); ``conv_in`` ->
   ``input_blocks.0.0``, ``conv_norm_out``/``conv_out`` -> ``out.0``/``out.2``
 
 ``L`` is ``layers_per_block`` (2 in every SD 1.x/2.x model and in tsuika's
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+
+from tsuika.errors import TsuikaError
 
 RESNET_NAMES = {
     "norm1": "in_layers.0",
@@ -38,6 +41,8 @@ RESNET_NAMES = {
 TOP_LEVEL_NAMES = {
     "time_embedding.linear_1": "time_embed.0",
     "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
@@ -52,7 +57,7 @@ _DOWNSAMPLE = re.compile(r"^down_blocks\.(\d+)\.downsamplers\.0\.conv$")
 _UPSAMPLE = re.compile(r"^up_blocks\.(\d+)\.upsamplers\.0\.conv$")
 
 
-class UnknownModuleError(KeyError):
+class UnknownModuleError(TsuikaError, KeyError):
     """A diffusers UNet module path with no place in the original layout."""
 
 

@@ -1,7 +1,8 @@
 """Load a Stable Diffusion base model or a VAE fully offline.
 
 A base model is a diffusers folder (``model_index.json``) or a single
-``.safetensors`` / ``.ckpt`` / ``.pt`` file in the original layout. Single
+``.safetensors`` / ``.ckpt`` / ``.pt`` file in the original layout, of the
+SD 1.x, SD 2.x or SDXL family (SDXL: :mod:`tsuika.models.sdxl`). Single
 files are converted by tsuika's own key maps (:mod:`original_layout`) into
 modules built from configs derived from the tensors' shapes
 (:mod:`derive`), so narrow test models load through the same code as SD 1.5.
@@ -28,7 +29,10 @@ from pathlib import Path
 
 import torch
 
+from tsuika.errors import TsuikaError
+
 from .base import BaseModel
+from .build import ddpm_scheduler, empty_module, fill_module, sidecar_prediction
 from .derive import (
     SHIPPED_KINDS,
     ArchitectureError,
@@ -48,30 +52,18 @@ from .original_layout import (
     vae_key_map,
 )
 from .single_file import read_checkpoint, read_stored_configs
-from .tokenizer import load_clip_tokenizer
+from .tokenizer import load_clip_tokenizer, load_folder_tokenizer
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+FAMILIES = ("sd1", "sd2", "sdxl")
+# What load_base_model accepts unless told more: the families every command
+# (train, generate, merge) handles. SDXL is opt-in (families=FAMILIES) until they do.
+SD_FAMILIES = ("sd1", "sd2")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(TsuikaError, ValueError):
     """A model path that cannot be loaded; the message names the path."""
-
-
-def _empty(build):
-    """Build a module with parameters on the meta device (no random init cost)."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(include_buffers=False):
-        return build()
-
-
-def _fill(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype
-) -> torch.nn.Module:
-    cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    module.load_state_dict(cast, strict=True, assign=True)
-    return module.eval()
 
 
 def _check_path(path: str | os.PathLike) -> Path:
@@ -88,11 +80,15 @@ def load_base_model(
     kind: str | None = None,
     prediction_type: str | None = None,
     dtype: torch.dtype = torch.float32,
+    families: tuple[str, ...] = SD_FAMILIES,
 ) -> BaseModel:
-    """Load an SD 1.x / 2.x model from a diffusers folder or a single file, offline.
+    """Load an SD 1.x / 2.x / SDXL model from a diffusers folder or a single file, offline.
 
     ``vae`` replaces the model's VAE (see :func:`load_vae`). ``kind`` (``"sd1"``
-    / ``"sd2"``), when given, must agree with what the files say.
+    / ``"sd2"`` / ``"sdxl"``), when given, must agree with what the files say.
+    ``families`` are the kinds the caller handles; another one is refused with an
+    :class:`ArchitectureError` naming the file before any weights are read
+    (pass ``families=FAMILIES`` to accept SDXL).
     """
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ValueError(
@@ -100,49 +96,77 @@ def load_base_model(
         )
     path = _check_path(path)
     if path.is_dir():
+        _check_family(_folder_kind(path), families, path)
         model = _load_diffusers_folder(path, dtype, prediction_type)
     else:
-        model = _load_single_file(path, dtype, prediction_type)
+        model = _load_single_file(path, dtype, prediction_type, families)
     if kind is not None and kind != model.kind:
         raise ArchitectureError(f"{path}: expected a {kind} model, the files describe {model.kind}")
     if vae is not None:
-        model.vae = load_vae(vae, dtype=dtype)
+        model.vae = load_vae(vae, dtype=dtype, kind=model.kind)
         model.vae_source = Path(vae)
     return model
 
 
-def _scheduler(kind_config: str, prediction_type: str, folder: Path | None = None):
-    from diffusers import DDPMScheduler
+def _folder_kind(path: Path) -> str | None:
+    """``"sdxl"`` for a folder with ``text_encoder_2``; SD 1.x vs 2.x is told later."""
+    from . import sdxl
 
-    if folder is not None:
-        config = DDPMScheduler.load_config(
-            str(folder), subfolder="scheduler", local_files_only=True
+    return sdxl.KIND if sdxl.is_sdxl_folder(path) else None
+
+
+def _check_family(kind: str | None, families: tuple[str, ...], path: Path) -> None:
+    if kind is not None and kind not in families:
+        raise ArchitectureError(
+            f"{path}: an {kind.upper()} model; this use of tsuika handles {', '.join(families)} "
+            f"models only (SDXL loading is opt-in: families={FAMILIES})"
         )
-    else:
-        config = shipped_config(kind_config, "scheduler")
-    return DDPMScheduler.from_config({**config, "prediction_type": prediction_type})
+
+
+# Each component's files; a component loads when one of its alternatives is complete.
+# transformers 5 (and diffusers' save_pretrained with it) writes a tokenizer as
+# tokenizer.json alone; transformers 4 and the hub's SD folders write vocab.json
+# and merges.txt (often with tokenizer.json too).
+TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+COMPONENT_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "unet": (("config.json",),),
+    "vae": (("config.json",),),
+    "text_encoder": (("config.json",),),
+    "tokenizer": TOKENIZER_FILES,
+    "scheduler": (("scheduler_config.json",),),
+}
+SDXL_COMPONENT_FILES = {"text_encoder_2": (("config.json",),), "tokenizer_2": TOKENIZER_FILES}
+
+
+def _missing_files(folder: Path, alternatives: tuple[tuple[str, ...], ...]) -> str | None:
+    """None when one alternative is complete; otherwise every one, as ``a + b``."""
+    if any(all((folder / name).is_file() for name in names) for names in alternatives):
+        return None
+    return " or ".join(" + ".join(f"{folder.name}/{n}" for n in names) for names in alternatives)
 
 
 def _require_components(path: Path) -> None:
     if not (path / "model_index.json").is_file():
         raise ModelLoadError(f"{path}: a folder model needs model_index.json (a diffusers folder)")
-    needed = {
-        "unet": "config.json",
-        "vae": "config.json",
-        "text_encoder": "config.json",
-        "tokenizer": "vocab.json",
-        "scheduler": "scheduler_config.json",
-    }
-    missing = [f"{c}/{f}" for c, f in needed.items() if not (path / c / f).is_file()]
+    needed = dict(COMPONENT_FILES)
+    if (path / "text_encoder_2").is_dir():  # SDXL
+        needed.update(SDXL_COMPONENT_FILES)
+    missing = [
+        gap
+        for component, alternatives in needed.items()
+        if (gap := _missing_files(path / component, alternatives)) is not None
+    ]
     if missing:
-        raise ModelLoadError(f"{path}: diffusers folder is missing {', '.join(missing)}")
+        raise ModelLoadError(f"{path}: diffusers folder is missing {'; '.join(missing)}")
 
 
 def _load_diffusers_folder(
     path: Path, dtype: torch.dtype, prediction_type: str | None
 ) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
+
+    from . import sdxl
 
     _require_components(path)
     common = {"local_files_only": True, "torch_dtype": dtype}
@@ -151,10 +175,12 @@ def _load_diffusers_folder(
     text_encoder = CLIPTextModel.from_pretrained(
         str(path), subfolder="text_encoder", local_files_only=True, dtype=dtype
     )
-    tokenizer = CLIPTokenizer.from_pretrained(
-        str(path), subfolder="tokenizer", local_files_only=True
-    )
+    tokenizer = load_folder_tokenizer(path / "tokenizer")
     kind = "sd2" if text_encoder.config.hidden_act == "gelu" else "sd1"
+    text_encoder_2 = tokenizer_2 = None
+    if sdxl.is_sdxl_folder(path):
+        kind = sdxl.KIND
+        text_encoder_2, tokenizer_2 = sdxl.load_folder_encoder_2(path, dtype)
     from diffusers import DDPMScheduler
 
     stored = DDPMScheduler.load_config(str(path), subfolder="scheduler", local_files_only=True)
@@ -164,21 +190,13 @@ def _load_diffusers_folder(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
-        scheduler=_scheduler("sd1", prediction, path),
+        scheduler=ddpm_scheduler("sd1", prediction, path),
         kind=kind,
         prediction_type=prediction,
         source=path,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
     )
-
-
-def _sidecar_prediction(path: Path) -> str | None:
-    for candidate in (path.with_suffix(".yaml"), path.with_suffix(".yml")):
-        if candidate.is_file():
-            text = candidate.read_text(errors="replace")
-            if "parameterization" in text and ('"v"' in text or "'v'" in text or ": v" in text):
-                return "v_prediction"
-            return "epsilon"
-    return None
 
 
 def _probe_v_prediction(unet) -> bool:
@@ -199,26 +217,37 @@ def _probe_v_prediction(unet) -> bool:
     return float((out.float() - x.float()).mean()) < -1
 
 
-def _load_single_file(path: Path, dtype: torch.dtype, prediction_type: str | None) -> BaseModel:
+def _load_single_file(
+    path: Path, dtype: torch.dtype, prediction_type: str | None, families: tuple[str, ...]
+) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     state, metadata = read_checkpoint(path)
     kind = detect_kind(state, path)
+    _check_family(kind, families, path)
     stored = read_stored_configs(metadata)
+    if kind == "sdxl":  # a family of its own: two text encoders, text_time UNet
+        from . import sdxl
+
+        return sdxl.load_single_file(path, state, stored, dtype, prediction_type)
     configs = derive_configs(state, kind, "sd1" if kind == "sd1" else "sd2", stored)
-    unet = _empty(lambda: UNet2DConditionModel.from_config(configs["unet"]))
-    _fill(
+    unet = empty_module(lambda: UNet2DConditionModel.from_config(configs["unet"]))
+    fill_module(
         unet, gather(state, unet, unet_key_map(unet.config, list(unet.state_dict())), path), dtype
     )
-    vae = _empty(lambda: AutoencoderKL.from_config(configs["vae"]))
-    _fill(vae, gather(state, vae, vae_key_map(vae.config, list(vae.state_dict())), path), dtype)
-    text_encoder = _empty(lambda: CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"])))
-    _fill(text_encoder, _gather_text(state, text_encoder, kind, path), dtype)
+    vae = empty_module(lambda: AutoencoderKL.from_config(configs["vae"]))
+    fill_module(
+        vae, gather(state, vae, vae_key_map(vae.config, list(vae.state_dict())), path), dtype
+    )
+    text_encoder = empty_module(
+        lambda: CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"]))
+    )
+    fill_module(text_encoder, _gather_text(state, text_encoder, kind, path), dtype)
     prediction = (
         prediction_type
         or (stored or {}).get("prediction_type")
-        or _sidecar_prediction(path)
+        or sidecar_prediction(path)
         or ("v_prediction" if kind == "sd2" and _probe_v_prediction(unet) else "epsilon")
     )
     if kind == "sd2" and prediction == "v_prediction" and not stored:
@@ -228,7 +257,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, prediction_type: str | Non
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=load_clip_tokenizer(kind),
-        scheduler=_scheduler("sd2-v" if prediction == "v_prediction" else kind, prediction),
+        scheduler=ddpm_scheduler("sd2-v" if prediction == "v_prediction" else kind, prediction),
         kind=kind,
         prediction_type=prediction,
         source=path,
@@ -251,12 +280,14 @@ def _gather_text(state, text_encoder, kind: str, path: Path) -> dict[str, torch.
     return gather(state, text_encoder, key_map, path, aliases=aliases)
 
 
-def load_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32):
+def load_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, kind: str = "sd1"):
     """A VAE (``diffusers.AutoencoderKL``) from a diffusers folder or a single file.
 
     Single files may hold a whole model (``first_stage_model.*`` keys) or a bare
     VAE (``encoder.*`` / ``decoder.*``, as ``vae-ft-mse-840000-ema-pruned``).
     A diffusers folder may be the VAE folder itself or a model folder with ``vae/``.
+    ``kind`` is the model family the VAE is for: a single file without stored
+    configs takes that family's latent scaling factor (SDXL 0.13025, else 0.18215).
     """
     from diffusers import AutoencoderKL
 
@@ -274,11 +305,19 @@ def load_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32):
             f"{path}: no VAE found (expected first_stage_model.encoder.* or encoder.* / decoder.* keys)"
         )
     stored = read_stored_configs(metadata)
-    base = shipped_config("sd1", "vae")
+    base = shipped_config("sdxl" if kind == "sdxl" else "sd1", "vae")
     config = dict(stored["vae"]) if stored and "vae" in stored else vae_config(state, base, prefix)
-    vae = _empty(lambda: AutoencoderKL.from_config(config))
+    vae = empty_module(lambda: AutoencoderKL.from_config(config))
     key_map = vae_key_map(vae.config, list(vae.state_dict()), prefix=prefix)
-    return _fill(vae, gather(state, vae, key_map, path), dtype)
+    return fill_module(vae, gather(state, vae, key_map, path), dtype)
 
 
-__all__ = ["ModelLoadError", "SHIPPED_KINDS", "COMPONENTS", "load_base_model", "load_vae"]
+__all__ = [
+    "COMPONENTS",
+    "FAMILIES",
+    "SHIPPED_KINDS",
+    "SD_FAMILIES",
+    "ModelLoadError",
+    "load_base_model",
+    "load_vae",
+]

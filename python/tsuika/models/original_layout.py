@@ -26,6 +26,8 @@ from collections.abc import Mapping
 
 import torch
 
+from tsuika.errors import TsuikaError
+
 from .ldm_names import unet_key_to_original
 
 UNET_PREFIX = "model.diffusion_model."
@@ -45,7 +47,7 @@ VAE_ATTENTION = {
 VAE_TOP = {"conv_norm_out": "norm_out"}
 
 
-class LayoutError(KeyError):
+class LayoutError(TsuikaError, KeyError):
     """A state dict that does not fit the layout it should have."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
@@ -120,8 +122,12 @@ _HF_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _QKV = {"self_attn.q_proj": 0, "self_attn.k_proj": 1, "self_attn.v_proj": 2}
 
 
-def sd2_text_key(key: str) -> tuple[str, int | None]:
-    """CLIPTextModel key -> (OpenCLIP key, chunk index of the stacked q/k/v or None)."""
+def sd2_text_key(key: str, prefix: str = SD2_TEXT_PREFIX) -> tuple[str, int | None]:
+    """CLIPTextModel key -> (OpenCLIP key, chunk index of the stacked q/k/v or None).
+
+    ``prefix`` is where the OpenCLIP model sits in the file: SD 2.x's
+    ``cond_stage_model.model.``, SDXL's ``conditioner.embedders.1.model.``.
+    """
     key = _hf_text_key(key)
     fixed = {
         "embeddings.token_embedding.weight": "token_embedding.weight",
@@ -130,12 +136,12 @@ def sd2_text_key(key: str) -> tuple[str, int | None]:
         "final_layer_norm.bias": "ln_final.bias",
     }
     if key in fixed:
-        return SD2_TEXT_PREFIX + fixed[key], None
+        return prefix + fixed[key], None
     m = _HF_LAYER.match(key)
     if not m:
         raise LayoutError(f"text encoder key {key!r} has no OpenCLIP name")
     layer, module, param = m.groups()
-    base = f"{SD2_TEXT_PREFIX}transformer.resblocks.{layer}."
+    base = f"{prefix}transformer.resblocks.{layer}."
     if module in _QKV:
         return f"{base}attn.in_proj_{param}", _QKV[module]
     if module not in _OPENCLIP_LAYER:
@@ -190,12 +196,15 @@ def gather(
 
 
 def gather_sd2_text(
-    state: Mapping[str, torch.Tensor], module: torch.nn.Module, source: object
+    state: Mapping[str, torch.Tensor],
+    module: torch.nn.Module,
+    source: object,
+    prefix: str = SD2_TEXT_PREFIX,
 ) -> dict[str, torch.Tensor]:
     """Split OpenCLIP's stacked q/k/v into a CLIPTextModel state dict."""
     out: dict[str, torch.Tensor] = {}
     for key, target in module.state_dict().items():
-        original, chunk = sd2_text_key(key)
+        original, chunk = sd2_text_key(key, prefix)
         if original not in state:
             raise LayoutError(f"{source}: missing tensor {original!r}")
         tensor = state[original]
@@ -206,7 +215,10 @@ def gather_sd2_text(
 
 
 def sd2_text_to_original(
-    text_state: Mapping[str, torch.Tensor], *, pad_unused_layer: bool = False
+    text_state: Mapping[str, torch.Tensor],
+    *,
+    pad_unused_layer: bool = False,
+    prefix: str = SD2_TEXT_PREFIX,
 ) -> dict[str, torch.Tensor]:
     """A CLIPTextModel state dict in OpenCLIP's layout (q/k/v stacked).
 
@@ -216,7 +228,7 @@ def sd2_text_to_original(
     out: dict[str, torch.Tensor] = {}
     stacks: dict[str, list[torch.Tensor | None]] = {}
     for key, tensor in text_state.items():
-        original, chunk = sd2_text_key(key)
+        original, chunk = sd2_text_key(key, prefix)
         if chunk is None:
             out[original] = tensor
         else:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from tsuika.atomic import atomic_write
+from tsuika.errors import TsuikaError
 
 from .base import BaseModel
 from .original_layout import (
@@ -29,17 +30,25 @@ from .original_layout import (
     unet_key_map,
     vae_key_map,
 )
+from .sdxl_layout import text_to_original as sdxl_text_to_original
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 CONFIGS_METADATA_KEY = "tsuika.configs"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read."""
+class ModelFileError(TsuikaError, ValueError):
+    """A base-model file (single-file checkpoint) that cannot be read or written.
+
+    Not :class:`tsuika.training.checkpoint.CheckpointError`, which is about a
+    training run's resume checkpoint.
+    """
 
 
-class UnsafeCheckpointError(CheckpointError):
+CheckpointError = ModelFileError  # the old name, kept for callers
+
+
+class UnsafeCheckpointError(ModelFileError):
     """A pickle checkpoint that contains code objects; refused for safety."""
 
 
@@ -50,18 +59,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise FileNotFoundError(f"checkpoint not found: {path}")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        from safetensors import safe_open
+        from tsuika.formats.safetensors_check import safe_open_checked
 
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open_checked(path) as f:
                 metadata = dict(f.metadata() or {})
                 state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+            raise ModelFileError(f"{path}: not a readable safetensors file ({err})") from err
         return state, metadata
     if suffix in PICKLE_SUFFIXES:
         return _read_pickle(path), {}
-    raise CheckpointError(
+    raise ModelFileError(
         f"{path}: unsupported checkpoint extension {suffix!r}; expected .safetensors, "
         ".ckpt, .pt or .pth (or a diffusers folder with model_index.json)"
     )
@@ -77,11 +86,11 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
             f"trusted environment. Detail: {str(err).splitlines()[0]}"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+        raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        raise ModelFileError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
@@ -91,12 +100,22 @@ def _unique(key_map: Mapping[str, str], component: str) -> Mapping[str, str]:
     return key_map
 
 
-def _text_original(model: BaseModel) -> dict[str, torch.Tensor]:
+def _sd1_text(model: BaseModel) -> dict[str, torch.Tensor]:
     state = model.text_encoder.state_dict()
-    if model.kind == "sd2":
-        return sd2_text_to_original(state, pad_unused_layer=True)
     key_map = _unique(sd1_text_key_map(list(state)), "text encoder")
     return {key_map[k]: v for k, v in state.items()}
+
+
+def _sd2_text(model: BaseModel) -> dict[str, torch.Tensor]:
+    return sd2_text_to_original(model.text_encoder.state_dict(), pad_unused_layer=True)
+
+
+def _sdxl_text(model: BaseModel) -> dict[str, torch.Tensor]:
+    return sdxl_text_to_original(model.text_encoder, model.text_encoder_2)
+
+
+# model kind -> its text encoder(s) in the original layout
+TEXT_WRITERS = {"sd1": _sd1_text, "sd2": _sd2_text, "sdxl": _sdxl_text}
 
 
 def to_original_state_dict(model: BaseModel) -> dict[str, torch.Tensor]:
@@ -108,7 +127,11 @@ def to_original_state_dict(model: BaseModel) -> dict[str, torch.Tensor]:
     SD 2.x reads the penultimate OpenCLIP layer, so the diffusers model has one
     layer fewer than the file: a zero last layer and an identity
     ``text_projection`` are written in their places (never used by SD 2.x).
+    SDXL's two encoders go to ``conditioner.embedders.{0,1}.*``
+    (:mod:`tsuika.models.sdxl_layout`).
     """
+    if model.kind not in TEXT_WRITERS:
+        raise CheckpointError(f"no single-file layout for model kind {model.kind!r}")
     out: dict[str, torch.Tensor] = {}
     unet_state = model.unet.state_dict()
     key_map = _unique(unet_key_map(model.unet.config, list(unet_state)), "UNet")
@@ -120,18 +143,21 @@ def to_original_state_dict(model: BaseModel) -> dict[str, torch.Tensor]:
         if ".mid.attn_1." in original and original.endswith(".weight") and tensor.ndim == 2:
             tensor = tensor.reshape(*tensor.shape, 1, 1)
         out[original] = tensor
-    out.update(_text_original(model))
+    out.update(TEXT_WRITERS[model.kind](model))
     return out
 
 
 def stored_configs(model: BaseModel) -> dict[str, object]:
-    return {
+    configs = {
         "unet": dict(model.unet.config),
         "vae": dict(model.vae.config),
         "text_encoder": model.text_encoder.config.to_dict(),
         "kind": model.kind,
         "prediction_type": model.prediction_type,
     }
+    if model.text_encoder_2 is not None:
+        configs["text_encoder_2"] = model.text_encoder_2.config.to_dict()
+    return configs
 
 
 def save_single_file(
@@ -146,7 +172,7 @@ def save_single_file(
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
-        raise CheckpointError(f"{path}: single files are written as .safetensors only")
+        raise ModelFileError(f"{path}: single files are written as .safetensors only")
     state = {}
     for key, tensor in to_original_state_dict(model).items():
         tensor = tensor.detach().to("cpu")

@@ -11,6 +11,9 @@ OpenCLIP tokenizer pads with zeros. :func:`load_clip_tokenizer` sets the SD 2.x
 pad token after loading so ``!`` is not an added token (an added ``!`` would be
 split out of ``!!``, unlike OpenCLIP); the files written for SD 2.x diffusers
 folders name ``!`` as the pad token, as Stability's hub folders do.
+SDXL has both: its first tokenizer (CLIP ViT-L) pads like SD 1.x, its second
+(OpenCLIP ViT-bigG, ``tokenizer_2``) pads with ``!`` like SD 2.x, as
+``open_clip.tokenizer.SimpleTokenizer`` does (:func:`load_sdxl_tokenizers`).
 
 Files are written once into ``$XDG_CACHE_HOME/tsuika/tokenizer/<hash>`` (or
 ``~/.cache/...``), atomically; when that is not writable, into a temp dir.
@@ -29,18 +32,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tsuika.errors import TsuikaError
+
 if TYPE_CHECKING:
     import torch
 
 N_MERGES = 49152 - 256 - 2
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
-PAD_TOKENS = {"sd1": EOS, "sd2": "!"}
+PAD_TOKENS = {"sd1": EOS, "sd2": "!", "sdxl": EOS}
+SDXL_PAD_TOKEN_2 = "!"  # tokenizer_2 (OpenCLIP ViT-bigG) pads with zeros, as open_clip does
 FORMAT_VERSION = "1"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-class TokenizerBuildError(RuntimeError):
+class TokenizerBuildError(TsuikaError, RuntimeError):
     """The BPE merges could not be found or the files could not be written."""
 
 
@@ -156,7 +162,10 @@ def copy_tokenizer_files(destination: Path, *, pad_token: str = EOS) -> None:
 
 
 def load_clip_tokenizer(kind: str = "sd1"):
-    """A ``transformers.CLIPTokenizer`` for ``kind`` (``"sd1"`` or ``"sd2"``), offline."""
+    """A ``transformers.CLIPTokenizer`` for ``kind`` (``"sd1"``, ``"sd2"``, ``"sdxl"``), offline.
+
+    For ``"sdxl"`` this is the first tokenizer; :func:`load_sdxl_tokenizers` gives both.
+    """
     from transformers import CLIPTokenizer
 
     if kind not in PAD_TOKENS:
@@ -165,6 +174,32 @@ def load_clip_tokenizer(kind: str = "sd1"):
     # Set the pad token without registering it as an added token: an added "!"
     # would be split out of "!!" and break equality with OpenCLIP's ids.
     tokenizer.pad_token = PAD_TOKENS[kind]
+    return tokenizer
+
+
+def load_sdxl_tokenizers():
+    """SDXL's two tokenizers, offline: CLIP ViT-L's (pads with ``<|endoftext|>``) and
+    OpenCLIP ViT-bigG's (the same BPE, pads with ``!`` / id 0)."""
+    first, second = load_clip_tokenizer("sdxl"), load_clip_tokenizer("sdxl")
+    second.pad_token = SDXL_PAD_TOKEN_2  # set, not added: "!!" stays one token
+    return first, second
+
+
+def load_folder_tokenizer(folder: Path):
+    """The ``CLIPTokenizer`` saved in ``folder``: ``vocab.json`` + ``merges.txt``, or
+    ``tokenizer.json`` alone (what transformers 5's ``save_pretrained`` writes).
+
+    When the folder holds the stock 49408-token vocabulary padding with ``!``, the
+    tokenizer is built here instead, so ``!`` stays an ordinary token (see the
+    module docstring); a vocabulary with added tokens (textual inversion) is kept.
+    """
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if tokenizer.pad_token == SDXL_PAD_TOKEN_2 and len(tokenizer) == N_MERGES + 512 + 2:
+        stock = load_clip_tokenizer("sd2")
+        stock.model_max_length = tokenizer.model_max_length
+        return stock
     return tokenizer
 
 

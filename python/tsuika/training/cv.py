@@ -1,7 +1,7 @@
 """K-fold cross-validation of a run (``tsuika cv CONFIG --folds K``).
 
 The images of ``data.path`` are dealt into K disjoint folds that cover the
-dataset (:func:`tsuika.training.validation.fold_indices`, seeded by
+dataset (:func:`tsuika.data.split.fold_indices`, seeded by
 ``training.seed``). Fold k trains a short run (``steps``, default
 ``training.steps``) on the other folds and validates on fold k every
 ``validation.every`` steps (when that is more than ``steps``, ``steps // 5``
@@ -28,11 +28,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from tsuika.atomic import write_json_atomic
 from tsuika.config import RunConfig
-from tsuika.data.scan import require_images, scan_dataset
+from tsuika.data.split import DataSplit, fold_indices, item_key, subset
+from tsuika.training.data import run_images
 from tsuika.training.plot import SMOOTH_COLOUR, Chart, Series, line_chart
-from tsuika.training.report import write_json_atomic
-from tsuika.training.validation import DataSplit, fold_indices, item_key, subset
 
 FOLD_COLOURS = [(150, 150, 150), (170, 190, 150), (190, 160, 150), (150, 170, 200)]
 
@@ -79,11 +79,8 @@ def cross_validate(cfg: RunConfig, folds: int, steps: int | None = None) -> dict
     """Train ``folds`` short runs on disjoint folds; return curves, spread and the recommendation."""
     from tsuika.training.loop import Trainer
 
-    d = cfg.data
-    if d.path is None:
-        raise ValueError("data.path is required: the dataset folder or dataset TOML")
     steps = steps or cfg.training.steps
-    index = require_images(scan_dataset(d.path, caption_extension=d.caption_extension))
+    index = run_images(cfg)
     parts = fold_indices(index, folds, cfg.training.seed)
     root = Path(cfg.output.dir) / "cv"
     curves, dirs, every = [], [], 1

@@ -2,7 +2,8 @@
 to the [data] config, with the latent cache in front of the VAE.
 
 Batches come as dicts ``{"pixels" | "latents", "captions", "bucket", "epoch",
-"batch"}``; ``position`` after a batch is the (epoch, batch index) of the
+"batch", "original_size", "crop_top_left"}`` (cached latents carry the size and
+crop the data engine reported when they were encoded); ``position`` after a batch is the (epoch, batch index) of the
 next one, which a checkpoint stores. With several processes, batch ``k`` of
 the stream goes to process ``k % world``.
 """
@@ -22,7 +23,8 @@ from tsuika.data.buckets import BucketSpec, group_by_bucket
 from tsuika.data.captions import CaptionOptions
 from tsuika.data.loader import AugmentOptions, BatchLoader
 from tsuika.data.sampler import Batch, BucketBatchSampler
-from tsuika.data.scan import DatasetIndex, require_images, scan_dataset
+from tsuika.data.scan import DatasetIndex, require_images, require_no_class_pictures
+from tsuika.data.split import DataSplit, make_split, scan_training_data
 from tsuika.training.cache import LatentCache
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
@@ -49,11 +51,9 @@ class TrainData:
         """``index``: the training images (default: all of ``data.path``); ``use_cache``:
         whether batches will come from the latent cache (default ``data.cache_latents``)."""
         d, t = cfg.data, cfg.training
-        if index is None:
-            if d.path is None:
-                raise ValueError("data.path is required: the dataset folder or dataset TOML")
-            index = scan_dataset(d.path, caption_extension=d.caption_extension)
-        self.index = require_images(index)
+        self.index = require_images(
+            require_no_class_pictures(run_images(cfg) if index is None else index)
+        )
         use_cache = d.cache_latents if use_cache is None else use_cache
         self.groups = group_by_bucket(self.index, BucketSpec.from_config(d))
         self.sampler = BucketBatchSampler(
@@ -69,8 +69,10 @@ class TrainData:
             seed=t.seed,
             prefetch=0 if use_cache else 2,
             threads=d.threads,
+            on_missing=d.on_missing,
         )
         self.seed, self.flip, self.rank, self.world = t.seed, d.flip, rank, world
+        self.threads = d.threads
         self.cache: LatentCache | None = None
         self.position = (0, 0)
 
@@ -83,11 +85,20 @@ class TrainData:
         assert self.cache is not None
         return self.cache.key(self.index[item].path, bucket, "center", flip)
 
-    def _load_pixels(self, paths: list[Path], bucket: tuple[int, int], flips: list[bool]) -> Any:
-        array = _native.load_batch(
-            [str(p) for p in paths], bucket[0], bucket[1], flip=flips, crop="center"
+    def _load_pixels(
+        self, paths: list[Path], bucket: tuple[int, int], flips: list[bool]
+    ) -> tuple[torch.Tensor, Any]:
+        """Pixels and per-picture info (original h, w, crop top, left), as the loader's."""
+        array, info = _native.load_batch(
+            [str(p) for p in paths],
+            bucket[0],
+            bucket[1],
+            flip=flips,
+            crop="center",
+            threads=self.threads,
+            with_info=True,
         )
-        return torch.from_numpy(array)
+        return torch.from_numpy(array), info
 
     def enable_cache(self, folder: Path, vae_digest: str, encode: Encode, batch_size: int) -> None:
         """Encode every (item, bucket, flip) that is not cached yet; batches then carry latents."""
@@ -102,10 +113,15 @@ class TrainData:
 
     def _cached_batch(self, batch: Batch) -> dict[str, Any]:
         assert self.cache is not None
-        latents = []
+        latents, originals, crops = [], [], []
         for item, key in zip(batch.indices, batch.keys, strict=True):
             flip = self.flip and flip_draw(self.seed, batch.epoch, key)
-            latents.append(self.cache.load(self._cache_key(item, batch.bucket, flip)))
+            latent, original, crop = self.cache.load_entry(
+                self._cache_key(item, batch.bucket, flip)
+            )
+            latents.append(latent)
+            originals.append(original)
+            crops.append(crop)
         return {
             "latents": torch.stack(latents),
             "captions": self.loader.captions(batch),
@@ -113,6 +129,8 @@ class TrainData:
             "bucket": tuple(batch.bucket),
             "epoch": batch.epoch,
             "batch": batch.index,
+            "original_size": originals,
+            "crop_top_left": crops,
         }
 
     # ------------------------------------------------------------------ stream
@@ -145,3 +163,21 @@ class TrainData:
 
     def close(self) -> None:
         self.loader.close()
+
+
+def run_split(cfg: RunConfig) -> DataSplit:
+    """The training and validation images of ``cfg`` (:func:`tsuika.data.split.make_split`
+    with ``data.path``, ``validation.folder`` / ``validation.split`` and ``training.seed``)."""
+    d, v = cfg.data, cfg.validation
+    return make_split(
+        d.path,
+        caption_extension=d.caption_extension,
+        folder=v.folder,
+        fraction=v.split,
+        seed=cfg.training.seed,
+    )
+
+
+def run_images(cfg: RunConfig) -> DatasetIndex:
+    """Every image of ``data.path`` (before any split)."""
+    return scan_training_data(cfg.data.path, cfg.data.caption_extension)

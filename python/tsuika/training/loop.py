@@ -1,9 +1,12 @@
 """The one training loop. Every method (``tsuika.methods``) plugs into it.
 
 Per optimizer step: batches (pixels -> VAE, or cached latents) -> noise and
-timesteps from a generator seeded by (seed, step) -> UNet(+adapter) ->
-loss (+min-SNR weights, +L1) -> backward on the method's parameters only ->
-gradient clipping -> optimizer and LR-schedule step -> ``method.after_step()``;
+timesteps from a generator seeded by (seed, step) -> the training objective
+(``objective.py``: condition on the captions, UNet(+adapter), per-sample loss)
+-> min-SNR weights, prior preservation, L1 -> backward on the method's
+parameters only -> gradient clipping -> optimizer and LR-schedule step ->
+``method.after_step()`` (every hook the loop calls is declared on
+:class:`tsuika.methods.base.Method`);
 then logging, validation (``validation.py``: the held-out loss, early
 stopping, ``{name}-best``), checkpoints and sample pictures at their
 intervals, and at the end the method's file, ``summary.json`` and the loss
@@ -11,7 +14,11 @@ plot ``loss.png`` (``plot.py``), with a warning when the curves show
 overfitting (``early_stop.py``).
 
 Devices, mixed precision and several GPUs come from ``accelerate``. One GPU
-or the CPU: ``tsuika train CONFIG``. Several GPUs::
+or the CPU: ``tsuika train CONFIG``. bf16 also runs on the CPU (its autocast);
+fp16 needs CUDA and falls back to float32 there, with a warning
+(:func:`run_precision`). With no text encoder training, their outputs are
+cached and the encoders leave the device once every caption is encoded
+(``text_encoders.py``). Several GPUs::
 
     accelerate launch --num_processes 2 -m tsuika.cli train CONFIG
 
@@ -38,37 +45,59 @@ from typing import Any
 
 import torch
 
+from tsuika.atomic import check_writable, write_json_atomic
 from tsuika.config import RunConfig, uncacheable_augmentations
+from tsuika.data.split import DataSplit
+from tsuika.formats.kohya_lora import BASE_MODEL_VERSIONS
+from tsuika.methods.base import hand_class_pictures
 from tsuika.methods.registry import build_method, default_format
-from tsuika.models.tokenizer import prompt_ids
 from tsuika.training import checkpoint as ckpt
+from tsuika.training import interrupt
 from tsuika.training.cache import TextCache, module_digest
-from tsuika.training.data import TrainData
+from tsuika.training.data import TrainData, run_split
 from tsuika.training.early_stop import overfit_warning
-from tsuika.training.losses import per_sample_mse, prior_preservation_loss
-from tsuika.training.noise import (
-    add_noise,
-    compute_snr,
-    min_snr_weights,
-    sample_noise,
-    sample_timesteps,
-    step_generator,
-    step_seed,
-    training_target,
+from tsuika.training.losses import prior_preservation_loss
+from tsuika.training.noise import sample_noise, sample_timesteps, step_generator, step_seed
+from tsuika.training.objective import (
+    DiffusionObjective,
+    SampleSize,
+    batch_sizes,
+    build_objective,
+    vae_dtype,
 )
 from tsuika.training.optim import build_optimizer, build_scheduler, optimizer_class
-from tsuika.training.report import Scalars, peak_memory, write_json_atomic
-from tsuika.training.validation import DataSplit, ValidationRun, make_split
+from tsuika.training.report import Scalars, peak_memory
+from tsuika.training.text_encoders import KEPT_TRAINS, TextEncoderPlacement, run_captions
+from tsuika.training.validation import ValidationRun
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _accelerator(cfg: RunConfig) -> Any:
-    from accelerate import Accelerator
+# training.mixed_precision -> what a run without CUDA gets: bf16 runs under the CPU's
+# autocast; fp16 autocast needs CUDA, so such a run trains in float32 (with a warning).
+CPU_PRECISION = {"no": "no", "bf16": "bf16", "fp16": "no"}
 
-    precision = cfg.training.mixed_precision
-    if precision != "no" and not torch.cuda.is_available():
-        precision = "no"  # fp32 on the CPU
+
+def run_precision(requested: str, cuda: bool) -> tuple[str, str | None]:
+    """The mixed precision a run gets, and a warning when it is not the one asked for."""
+    got = requested if cuda else CPU_PRECISION[requested]
+    if got == requested:
+        return got, None
+    return got, (
+        f"training.mixed_precision = {requested!r} needs a CUDA GPU; this run trains in "
+        "float32 on the CPU (bf16 runs under the CPU's autocast)"
+    )
+
+
+def _accelerator(precision: str) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != precision:
+        # A second run in one process (tests, cv) with another precision: accelerate
+        # keeps one state per process and refuses a change; the device state stays.
+        AcceleratorState._reset_state()
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=1)
 
 
@@ -83,23 +112,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _set_max_norm(method: Any, max_norm: float) -> None:
-    """Hand ``training.max_norm`` to a method that applies it in ``after_step``."""
-    if max_norm <= 0:
-        return
-    if not hasattr(method, "max_norm"):
-        raise ValueError(
-            f"training.max_norm is not supported by method {method.name!r}; set it to 0"
-        )
-    method.max_norm = max_norm
-
-
 class Trainer:
     """A run in progress: model + method + optimizer + data, and the loop over them."""
 
     def __init__(self, cfg: RunConfig, split: DataSplit | None = None) -> None:
         """``split``: the training and validation images (default: from ``[validation]``)."""
-        from tsuika.models import load_base_model
+        from tsuika.models import FAMILIES, load_base_model
 
         t = cfg.training
         self.cfg = cfg
@@ -107,7 +125,8 @@ class Trainer:
         if self.fmt is None:
             raise ValueError(f"output.format is required for method {cfg.method.name!r}")
         optimizer_class(t.optimizer)  # a missing optional package fails before the model loads
-        self.accelerator = _accelerator(cfg)
+        precision, precision_warning = run_precision(t.mixed_precision, torch.cuda.is_available())
+        self.accelerator = _accelerator(precision)
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.weight_dtype = WEIGHT_DTYPES[self.accelerator.mixed_precision]
@@ -116,8 +135,10 @@ class Trainer:
                 "model.path is required: a single .safetensors file or a diffusers folder"
             )
         self.warnings: list[str] = []
+        if precision_warning:
+            self.warn(precision_warning)
         self.use_cache = self._latent_cache_allowed()
-        split = split if split is not None else make_split(cfg)
+        split = split if split is not None else run_split(cfg)
         self.data = TrainData(
             cfg,
             index=split.train,
@@ -125,16 +146,17 @@ class Trainer:
             rank=self.rank,
             world=self.accelerator.num_processes,
         )
+        self.method = build_method(cfg.method.name, cfg.method.options)
+        self.method.configure(seed=t.seed, max_norm=t.max_norm)
+        self.method.check_format(self.fmt)  # before the model loads, not after the last step
         self.model = load_base_model(
             cfg.model.path,
             vae=cfg.model.vae,
             kind=cfg.model.kind,
             prediction_type=cfg.model.prediction_type,
+            families=FAMILIES,
         )
-        self.method = build_method(cfg.method.name, cfg.method.options)
-        _set_max_norm(self.method, t.max_norm)
-        if hasattr(self.method, "seed"):
-            self.method.seed = t.seed  # e.g. DreamBooth's draw of class pictures
+        hand_class_pictures(self.method, split.class_pictures, cfg.data.path)
         _seed_everything(step_seed(t.seed, 0, purpose="init"))  # the adapter's initial weights
         self.method.prepare(self.model)
         self._place_model()
@@ -145,7 +167,7 @@ class Trainer:
             t.lr_scheduler, self.optimizer, t.steps, t.lr_warmup_steps, t.lr_cycles, t.lr_power
         )
         self._prepare_for_accelerate()
-        self.alphas_cumprod = self.model.scheduler.alphas_cumprod.float().cpu()
+        self.objective = self._build_objective()
         self.step = 0
         self.position = (0, 0)
         self.history: list[list[float]] = []
@@ -178,66 +200,105 @@ class Trainer:
             return False
         return d.cache_latents
 
-    def _place_model(self) -> None:
-        """Frozen weights in the weight dtype on the device; trainable ones stay float32."""
+    def _text_encoders(self) -> list[Any]:
+        """The model's text encoders (two for SDXL)."""
         m = self.model
-        self.trains_text = any(p.requires_grad for p in m.text_encoder.parameters())
-        for module in (m.unet, m.text_encoder, m.vae):
+        return [m.text_encoder] + ([m.text_encoder_2] if m.text_encoder_2 is not None else [])
+
+    def _place_model(self) -> None:
+        """Frozen weights in the weight dtype on the device; trainable ones stay float32.
+
+        The VAE runs in float32 where its family overflows in fp16 (SDXL's),
+        unless ``model.vae_fp16_safe`` says the user's VAE is safe.
+        """
+        m = self.model
+        encoders = self._text_encoders()
+        self.trains_text = any(p.requires_grad for e in encoders for p in e.parameters())
+        vae = vae_dtype(m.kind, self.weight_dtype, self.cfg.model.vae_fp16_safe)
+        dtypes = [(m.unet, self.weight_dtype), (m.vae, vae)]
+        for module, dtype in dtypes + [(e, self.weight_dtype) for e in encoders]:
             for p in module.parameters():
                 if not p.requires_grad and p.is_floating_point():
-                    p.data = p.data.to(self.weight_dtype)
+                    p.data = p.data.to(dtype)
             module.to(self.device)
         m.vae.eval()
         m.unet.train(any(p.requires_grad for p in m.unet.parameters()))
-        m.text_encoder.train(self.trains_text)
+        for encoder in encoders:
+            trains = any(p.requires_grad for p in encoder.parameters())
+            encoder.train(trains)
+            if trains and self.cfg.training.gradient_checkpointing:
+                encoder.gradient_checkpointing_enable()
         if self.cfg.training.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
-            if self.trains_text:
-                m.text_encoder.gradient_checkpointing_enable()
         self.text_cache = None if self.trains_text else TextCache()
+        self.text_placement = TextEncoderPlacement(
+            encoders, self.device, reason=KEPT_TRAINS if self.trains_text else ""
+        )
 
     def _prepare_for_accelerate(self) -> None:
         m, acc = self.model, self.accelerator
         self.unet = (
             acc.prepare(m.unet) if any(p.requires_grad for p in m.unet.parameters()) else m.unet
         )
-        self.text_encoder = acc.prepare(m.text_encoder) if self.trains_text else m.text_encoder
+        self.text_encoder, self.text_encoder_2 = (
+            acc.prepare(e) if e is not None and any(p.requires_grad for p in e.parameters()) else e
+            for e in (m.text_encoder, m.text_encoder_2)
+        )
         self.optimizer = acc.prepare(self.optimizer)
-        self.wrapped = [
-            w for w, r in ((self.unet, m.unet), (self.text_encoder, m.text_encoder)) if w is not r
-        ]
+        pairs = (
+            (self.unet, m.unet),
+            (self.text_encoder, m.text_encoder),
+            (self.text_encoder_2, m.text_encoder_2),
+        )
+        self.wrapped = [w for w, r in pairs if w is not r]
 
-    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        vae = self.model.vae
-        with torch.no_grad():
-            dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
-            return dist.mode().float() * self.model.scaling_factor
-
-    def _encode_text(self, captions: list[str]) -> torch.Tensor:
-        ids = prompt_ids(self.model.tokenizer, captions).to(self.device)
-        return self.text_encoder(ids)[0]
-
-    def _text_states(self, captions: list[str]) -> torch.Tensor:
-        if self.text_cache is None:
-            return self._encode_text(captions)
-        with torch.no_grad():
-            return self.text_cache.get(captions, self._encode_text)
+    def _build_objective(self) -> DiffusionObjective:
+        """The training objective over the modules as placed and wrapped for this run."""
+        return build_objective(
+            self.model,
+            unet=self.unet,
+            text_encoder=self.text_encoder,
+            device=self.device,
+            weight_dtype=self.weight_dtype,
+            autocast=self.accelerator.autocast,
+            text_cache=self.text_cache,
+            text_encoder_2=self.text_encoder_2,
+        )
 
     def enable_latent_cache(self) -> None:
         if not self.use_cache:
             return
         digest = module_digest(self.model.vae)
         self.data.enable_cache(
-            self.cache_dir, digest, self._encode_pixels, self.cfg.training.batch_size
+            self.cache_dir, digest, self.objective.encode, self.cfg.training.batch_size
         )
+        message = self.data.cache.rebuilt_message() if self.data.cache else None
+        if message:
+            self.warn(message)
+
+    def cache_text(self) -> None:
+        """With the text cache on and every caption of the run known: encode them all,
+        then move the text encoders off the device (``text_encoders.py``)."""
+        if self.text_cache is None:
+            return
+        captions, reason = run_captions(
+            self.data.loader.fixed_captions(),
+            self.data.index,
+            self.method,
+            self.caption_for,
+            self.validation.validator.captions if self.validation is not None else (),
+        )
+        self.text_placement.reason = reason
+        if captions is not None:
+            self.objective.fill_text_cache(captions)
+            self.text_placement.cached_captions = len(captions)
+            self.text_placement.offload()
 
     # ------------------------------------------------------------------ resume
 
     def resume(self, target: str | Path | bool) -> None:
         """Restore a checkpoint (``True`` or ``""``: the newest under ``output.dir``)."""
-        path = (
-            ckpt.latest_checkpoint(self.out_dir) if target in (True, "", "latest") else Path(target)
-        )
+        path = ckpt.resume_target(self.out_dir, target, self.warn)
         adapter, state = ckpt.load_checkpoint(path)
         stored = ckpt.checkpoint_config(path).get("method", {}).get("name")
         if stored is not None and stored != self.cfg.method.name:
@@ -285,54 +346,50 @@ class Trainer:
         return [self.caption_for(c, k, rng) for c, k in zip(batch["captions"], tokens, strict=True)]
 
     def caption_for(self, caption: str, class_tokens: str, rng: random.Random) -> str:
-        """One caption through the method's caption hook (unchanged without one)."""
-        hook = getattr(self.method, "transform_caption", None)
-        return caption if hook is None else hook(caption, class_tokens, rng)
+        """One caption through the method's caption hook (unchanged by default)."""
+        return self.method.transform_caption(caption, class_tokens, rng)
 
     def _with_prior(
-        self, batch: dict[str, Any], latents: torch.Tensor, captions: list[str]
-    ) -> tuple[torch.Tensor, list[str], float]:
+        self,
+        batch: dict[str, Any],
+        latents: torch.Tensor,
+        captions: list[str],
+        sizes: list[SampleSize],
+    ) -> tuple[torch.Tensor, list[str], list[SampleSize], float]:
         """Append the method's paired class pictures (prior preservation), if any."""
-        weight = float(getattr(self.method, "prior_loss_weight", 0.0))
-        paired_batch = getattr(self.method, "paired_batch", None)
-        if paired_batch is None or weight <= 0:
-            return latents, captions, 0.0
-        paired = paired_batch(batch, self.step)
+        weight = float(self.method.prior_loss_weight)
+        if weight <= 0:
+            return latents, captions, sizes, 0.0
+        paired = self.method.paired_batch(batch, self.step)
         if paired is None:
-            return latents, captions, 0.0
-        class_latents = self._encode_pixels(paired["pixels"])
-        return torch.cat([latents, class_latents]), captions + list(paired["captions"]), weight
+            return latents, captions, sizes, 0.0
+        class_latents = self.objective.encode(paired["pixels"])
+        return (
+            torch.cat([latents, class_latents]),
+            captions + list(paired["captions"]),
+            sizes + batch_sizes(paired),
+            weight,
+        )
 
     def _loss(self, batch: dict[str, Any], micro: int) -> torch.Tensor:
-        t, m = self.cfg.training, self.model
+        t, obj = self.cfg.training, self.objective
         torch.manual_seed(step_seed(t.seed, self.step, micro, self.rank, "dropout"))
         g = step_generator(t.seed, self.step, micro, self.rank)
         if "latents" in batch:
             latents = batch["latents"].to(self.device)
         else:
-            latents = self._encode_pixels(batch["pixels"])
+            latents = obj.encode(batch["pixels"])
         n_instance = latents.shape[0]
         captions = self.train_captions(
             batch, random.Random(step_seed(t.seed, self.step, micro, self.rank, "caption"))
         )
-        latents, captions, prior_weight = self._with_prior(batch, latents, captions)
+        latents, captions, sizes, prior_weight = self._with_prior(
+            batch, latents, captions, batch_sizes(batch)
+        )
         noise = sample_noise(latents, g, t.noise_offset)
-        steps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), g)
-        noisy = add_noise(latents, noise, steps, self.alphas_cumprod)
-        hidden = self._text_states(captions)
-        timesteps = steps.to(self.device)
-        with self.accelerator.autocast():
-            pred = self.unet(
-                noisy.to(self.weight_dtype),
-                timesteps,
-                encoder_hidden_states=hidden.to(self.weight_dtype),
-            ).sample
-        target = training_target(m.prediction_type, latents, noise, steps, self.alphas_cumprod)
-        weights = None
-        if t.min_snr_gamma > 0:
-            snr = compute_snr(steps, self.alphas_cumprod)
-            weights = min_snr_weights(snr, t.min_snr_gamma, m.prediction_type)
-        per_sample = per_sample_mse(pred, target)
+        steps = sample_timesteps(latents.shape[0], obj.num_timesteps, g)
+        per_sample = obj.per_sample_loss(latents, noise, steps, obj.condition(captions, sizes))
+        weights = obj.min_snr_weights(steps, t.min_snr_gamma) if t.min_snr_gamma > 0 else None
         loss = prior_preservation_loss(per_sample, n_instance, prior_weight, weights)
         if t.l1 > 0:
             loss = loss + t.l1 * sum(p.abs().sum() for p in self.params)
@@ -374,6 +431,7 @@ class Trainer:
         main = self.accelerator.is_main_process
         scalars = Scalars(self.out_dir / "logs", enabled=main)
         self.enable_latent_cache()
+        self.cache_text()
         batches = self.data.batches(self.position)
         bar = tqdm(total=t.steps, initial=self.step, disable=not main, desc="train", unit="step")
         try:
@@ -392,6 +450,7 @@ class Trainer:
                     self.save_checkpoint()
                 if cfg.sample.every and cfg.sample.prompts and self.step % cfg.sample.every == 0:
                     self.sample()
+                interrupt.stop_if_requested(self)  # Ctrl-C: checkpoint, then stop
                 if stop:
                     break
         finally:
@@ -426,18 +485,19 @@ class Trainer:
             return
         s = self.cfg.sample
         bucket = self.cfg.data.resolution
-        images = sample_pictures(
-            self.model,
-            list(s.prompts),
-            width=s.width or bucket,
-            height=s.height or bucket,
-            steps=s.steps,
-            cfg=s.cfg,
-            seed=s.seed,
-            negative_prompt=s.negative_prompt,
-            device=self.device,
-            dtype=self.weight_dtype,
-        )
+        with self.text_placement.on_device():
+            images = sample_pictures(
+                self.model,
+                list(s.prompts),
+                width=s.width or bucket,
+                height=s.height or bucket,
+                steps=s.steps,
+                cfg=s.cfg,
+                seed=s.seed,
+                negative_prompt=s.negative_prompt,
+                device=self.device,
+                dtype=self.weight_dtype,
+            )
         self.samples.append(str(save_sample_grid(images, self.out_dir / "samples", self.step)))
 
     def metadata(self) -> dict[str, str]:
@@ -447,7 +507,7 @@ class Trainer:
             "ss_max_train_steps": str(t.steps),
             "ss_learning_rate": str(t.learning_rate),
             "ss_seed": str(t.seed),
-            "ss_base_model_version": self.model.kind,
+            "ss_base_model_version": BASE_MODEL_VERSIONS.get(self.model.kind, self.model.kind),
             "ss_v2": str(self.model.kind == "sd2"),
             "ss_resolution": str(self.cfg.data.resolution),
             "ss_sd_model_name": Path(str(self.cfg.model.path)).name,
@@ -475,6 +535,7 @@ class Trainer:
             "num_processes": self.accelerator.num_processes,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "latent_cache": {"hits": cache.hits, "encoded": cache.encoded} if cache else None,
+            "text_encoders": self.text_placement.summary(),
             "checkpoints": self.checkpoints,
             "samples": self.samples,
             "config": self.cfg.to_dict(),
@@ -505,10 +566,12 @@ class Trainer:
 
 def train(cfg: RunConfig, resume: str | Path | bool | None = None) -> dict[str, Any]:
     """Run ``cfg`` (resuming from a checkpoint when ``resume`` is given); return the summary."""
+    check_writable(cfg.output.dir)  # fail before the model loads, not at the first save
     trainer = Trainer(cfg)
     try:
         if resume not in (None, False):
             trainer.resume(resume)
-        return trainer.run()
+        with interrupt.on_sigint():
+            return trainer.run()
     finally:
         trainer.close()

@@ -31,6 +31,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tsuika.atomic import write_json_atomic
 from tsuika.config import RunConfig
 from tsuika.training.plot import (
     SMOOTH_COLOUR,
@@ -41,7 +42,6 @@ from tsuika.training.plot import (
     line_chart,
 )
 from tsuika.training.plot import ema as smooth  # noqa: F401 - the smoothing used here
-from tsuika.training.report import write_json_atomic
 
 
 def sweep(start: float, end: float, steps: int) -> list[float]:
@@ -105,13 +105,14 @@ def lr_range_test(
     """Run the range test for ``cfg`` (its training images only); return the result dict."""
     from tqdm.auto import tqdm
 
+    from tsuika.data.split import DataSplit
+    from tsuika.training.data import run_split
     from tsuika.training.loop import Trainer
-    from tsuika.training.validation import DataSplit, make_split
 
     lrs = sweep(start, end, steps)
     run = copy.deepcopy(cfg)
     run.training.steps, run.training.save_every, run.sample.every = steps, 0, 0
-    trainer = Trainer(run, split=DataSplit(make_split(cfg).train))
+    trainer = Trainer(run, split=DataSplit(run_split(cfg).train))
     try:
         base = cfg.training.learning_rate or 1.0
         groups = trainer.optimizer.param_groups

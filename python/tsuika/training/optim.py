@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from tsuika.errors import MissingPackageError
+
 
 @dataclass(frozen=True)
 class OptimizerSpec:
@@ -54,7 +56,7 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     try:
         module = importlib.import_module(spec.module)
     except ImportError as exc:
-        raise ImportError(
+        raise MissingPackageError(
             f"optimizer {name!r} needs the pip package {spec.package!r} "
             f"(pip install {spec.package}): {exc}"
         ) from None

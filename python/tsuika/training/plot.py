@@ -43,20 +43,20 @@ class Chart:
 
 
 def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
-    """Round tick values covering [low, high] (Heckbert's nice numbers)."""
-    if not high > low:
-        high = low + (abs(low) or 1.0)
+    """Round tick values covering [low, high] (Heckbert's nice numbers).
+
+    A range too narrow for float steps (one point, or values equal to many digits)
+    is widened first, and ticks are counted by index, so the loop always ends."""
+    scale = max(abs(low), abs(high))
+    if not high - low > 1e-9 * scale:
+        low, high = low - (0.5 * scale or 0.5), high + (0.5 * scale or 0.5)
     raw = (high - low) / max(1, count - 1)
     exp = math.floor(math.log10(raw))
     frac = raw / 10**exp
     step = (1 if frac < 1.5 else 2 if frac < 3 else 5 if frac < 7 else 10) * 10**exp
-    start = math.floor(low / step) * step
-    ticks, t = [], start
-    while t <= high + step * 1e-9:
-        if t >= low - step * 1e-9:
-            ticks.append(round(t, 12))
-        t += step
-    return ticks
+    first = math.ceil(low / step - 1e-9)
+    last = math.floor(high / step + 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
 
 
 def _label(value: float) -> str:

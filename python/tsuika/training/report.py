@@ -9,9 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tsuika.atomic import write_json_atomic
-
-__all__ = ["Scalars", "peak_memory", "write_json_atomic"]
+__all__ = ["Scalars", "peak_memory"]
 
 
 class Scalars:

@@ -1,8 +1,11 @@
 """Sample pictures during training: a short DDIM run with the current model, as a grid.
 
-Kept cheap (few steps, one picture per prompt) and side-effect free: the
-global RNG states are restored afterwards so sampling never changes what the
-training run draws next.
+Kept cheap (few steps, one picture per prompt) and side-effect free: it runs
+in :func:`tsuika.torch_utils.isolated_eval`, so every module's mode and the
+global RNG states are restored afterwards and sampling never changes what the
+training run draws next. Like class pictures it goes through diffusers'
+pipeline (DDIM); see :mod:`tsuika.generation.denoise` for why ``tsuika
+generate`` has a loop of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 
 import torch
 from PIL import Image
+
+from tsuika.torch_utils import isolated_eval
 
 
 def image_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:
@@ -45,33 +50,40 @@ def sample_pictures(
     from tsuika.models.pipeline import ddim_pipeline
 
     pipe = ddim_pipeline(model)
-    modules = (model.unet, model.text_encoder, model.vae)
-    modes = [m.training for m in modules]
-    devices = ["cuda"] if torch.cuda.is_available() else []
-    try:
-        for m in modules:
-            m.eval()
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            generator = torch.Generator(device="cpu").manual_seed(seed)
-            scale = model.vae_scale_factor
-            latents = torch.randn(
-                (len(prompts), model.unet.config.in_channels, height // scale, width // scale),
-                generator=generator,
-            ).to(device, dtype)
-            out = pipe(
-                prompts,
-                negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                guidance_scale=cfg,
-                latents=latents,
-                output_type="pil",
-            )
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
-    return list(out.images)
+    modules = [model.unet, model.text_encoder, model.vae]
+    if model.text_encoder_2 is not None:
+        modules.append(model.text_encoder_2)
+    with isolated_eval(*modules, device=device):
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        scale = model.vae_scale_factor
+        latents = torch.randn(
+            (len(prompts), model.unet.config.in_channels, height // scale, width // scale),
+            generator=generator,
+        ).to(device, dtype)
+        out = pipe(
+            prompts,
+            negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=cfg,
+            latents=latents,
+            output_type="latent",
+        )
+        return decode_pictures(model, pipe, out.images)
+
+
+def decode_pictures(model: Any, pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """Latents -> pictures with the VAE in its own dtype.
+
+    The VAE may run in another dtype than the UNet (SDXL's stays float32 under fp16,
+    see ``training.objective.vae_dtype``); diffusers' pipelines hand it the UNet's
+    dtype, so the latents are decoded here, as the pipelines do otherwise.
+    """
+    vae = model.vae
+    scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+    pixels = vae.decode(scaled).sample
+    return list(pipe.image_processor.postprocess(pixels.float(), output_type="pil"))
 
 
 def save_sample_grid(images: list[Image.Image], folder: Path, step: int) -> Path:

@@ -1,130 +1,58 @@
-"""The validation set and the deterministic validation loss.
+"""The deterministic validation loss and validation during a run.
 
-Split (``validation.split``): each image gets the key
-``blake2b("{seed}:{relative path}")``; the images with the smallest keys are
-held out (``round(split * N)``, at least one, and at least one image is left
-to train on). The choice depends only on the seed and the paths, never on
-the file system's listing order. ``validation.folder`` is the alternative: a
-dataset folder of its own, which must not share images with ``data.path``.
-Cross-validation folds (:func:`fold_indices`) use the same keys: sorted by
-key, image ``r`` goes to fold ``r % K``, so the folds are disjoint and cover
-the dataset.
+Which images are held out (``validation.split`` / ``validation.folder``) is
+dataset logic: :mod:`tsuika.data.split`.
 
 Loss: every validation image (centre crop, no flip, no augmentation, its
 caption as written) is VAE-encoded once; each evaluation noises it at
 ``validation.timesteps`` fixed timesteps spread over the schedule
 (``t_j = floor((j + 1/2) T / K)``) with noise from a generator seeded by
 (seed, image path, slot), and takes the plain MSE against the training
-target (epsilon or v), averaged over images and timesteps. It runs under
+target (epsilon or v), averaged over images and timesteps -- the run's own
+training objective (:mod:`tsuika.training.objective`) with the plain UNet
+module. It runs in :func:`tsuika.torch_utils.isolated_eval`: under
 ``torch.no_grad()`` with every module in eval mode (LoRA, rank and module
-dropout off) inside ``torch.random.fork_rng``, then restores each module's
-mode: the training RNG streams and the global RNG are never touched, so a
+dropout off) inside ``torch.random.fork_rng``, then each module's mode is
+restored: the training RNG streams and the global RNG are never touched, so a
 run with validation ends with the same weights as the same run without.
 With several processes every process computes the same full loss.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from tsuika import _native
 from tsuika.config import RunConfig
 from tsuika.data.buckets import BucketSpec, group_by_bucket
-from tsuika.data.scan import DatasetError, DatasetIndex, require_images, scan_dataset
+from tsuika.data.scan import DatasetIndex
+from tsuika.data.split import item_key
+from tsuika.methods.base import Method
+from tsuika.models.base import BaseModel
+from tsuika.torch_utils import isolated_eval, seeded_noise
 from tsuika.training.early_stop import EarlyStopping
-from tsuika.training.noise import add_noise, training_target
-
-if TYPE_CHECKING:
-    from tsuika.training.loop import Trainer
+from tsuika.training.objective import DiffusionObjective, SampleSize
 
 
-# --------------------------------------------------------------------------- split
+class Run(Protocol):
+    """What validation reads from a run in progress (the loop's ``Trainer``)."""
 
+    cfg: RunConfig
+    model: BaseModel
+    method: Method
+    objective: DiffusionObjective
+    out_dir: Path
+    fmt: str
+    accelerator: Any
 
-def item_key(index: DatasetIndex, i: int) -> str:
-    """Image ``i``'s path relative to the dataset root (absolute when outside it)."""
-    path = Path(index[i].path)
-    try:
-        return path.relative_to(index.root).as_posix()
-    except ValueError:
-        return path.as_posix()
+    def caption_for(self, caption: str, class_tokens: str, rng: random.Random) -> str: ...
 
-
-def _hash(seed: int, key: str) -> bytes:
-    return hashlib.blake2b(f"tsuika:split:{seed}:{key}".encode(), digest_size=16).digest()
-
-
-def hashed_order(index: DatasetIndex, seed: int) -> list[int]:
-    """Item indices sorted by the seeded hash of their relative path."""
-    return sorted(range(len(index)), key=lambda i: (_hash(seed, item_key(index, i)), i))
-
-
-def split_indices(index: DatasetIndex, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) item indices for ``validation.split = fraction``, each sorted."""
-    n = len(index)
-    n_val = max(1, round(fraction * n))
-    if n - n_val < 1:
-        raise DatasetError(
-            f"{index.root}: validation.split = {fraction} of {n} image(s) leaves none to train on"
-        )
-    order = hashed_order(index, seed)
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-def fold_indices(index: DatasetIndex, folds: int, seed: int) -> list[list[int]]:
-    """``folds`` disjoint lists of item indices that together cover the dataset."""
-    if not 2 <= folds <= len(index):
-        raise DatasetError(
-            f"{index.root}: --folds {folds} needs 2 <= folds <= the number of images ({len(index)})"
-        )
-    out: list[list[int]] = [[] for _ in range(folds)]
-    for rank, i in enumerate(hashed_order(index, seed)):
-        out[rank % folds].append(i)
-    return [sorted(f) for f in out]
-
-
-def subset(index: DatasetIndex, indices: Sequence[int]) -> DatasetIndex:
-    """The index restricted to ``indices`` (same root, subsets and options)."""
-    return dataclasses.replace(index, items=tuple(index.items[i] for i in indices))
-
-
-@dataclass(frozen=True)
-class DataSplit:
-    """The images a run trains on and the ones it validates on (None: no validation)."""
-
-    train: DatasetIndex
-    val: DatasetIndex | None = None
-
-
-def make_split(cfg: RunConfig) -> DataSplit:
-    """Scan ``data.path`` and hold out ``validation.split`` or read ``validation.folder``."""
-    d, v = cfg.data, cfg.validation
-    if d.path is None:
-        raise ValueError("data.path is required: the dataset folder or dataset TOML")
-    index = require_images(scan_dataset(d.path, caption_extension=d.caption_extension))
-    if v.folder is not None:
-        val = require_images(scan_dataset(v.folder, caption_extension=d.caption_extension))
-        shared = {Path(p).resolve() for p in index.paths} & {Path(p).resolve() for p in val.paths}
-        if shared:
-            names = ", ".join(sorted(str(p) for p in shared)[:3])
-            raise DatasetError(
-                f"validation.folder {v.folder} shares {len(shared)} image(s) with data.path "
-                f"{d.path} ({names}); validation images must not be trained on"
-            )
-        return DataSplit(index, val)
-    if v.split > 0:
-        train, held = split_indices(index, v.split, cfg.training.seed)
-        return DataSplit(subset(index, train), subset(index, held))
-    return DataSplit(index)
+    def metadata(self) -> dict[str, str]: ...
 
 
 # --------------------------------------------------------------------------- loss
@@ -140,25 +68,14 @@ def noise_seed(seed: int, key: str, slot: int) -> int:
     return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
 
-@contextlib.contextmanager
-def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
-    """Every sub-module in eval mode; each one's own mode restored afterwards."""
-    modes = [(m, m.training) for root in modules for m in root.modules()]
-    try:
-        for root in modules:
-            root.eval()
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 class Validator:
     """The validation images of a run, encoded once, and their deterministic loss."""
 
-    def __init__(self, trainer: Trainer, index: DatasetIndex) -> None:
-        cfg = trainer.cfg
-        self.trainer = trainer
+    def __init__(self, trainer: Run, index: DatasetIndex) -> None:
+        cfg, m = trainer.cfg, trainer.model
+        self.modules = tuple(
+            x for x in (m.unet, m.text_encoder, m.text_encoder_2, m.vae) if x is not None
+        )
         self.seed = cfg.training.seed
         self.batch_size = cfg.training.batch_size
         buckets = group_by_bucket(index, BucketSpec.from_config(cfg.data)).buckets
@@ -178,11 +95,18 @@ class Validator:
             for i in range(len(index))
         ]
         self.paths = [index[i].path for i in range(len(index))]
-        self.timesteps = fixed_timesteps(cfg.validation.timesteps, len(trainer.alphas_cumprod))
+        # The plain UNet: every process computes the same loss, outside DDP.
+        self.objective = trainer.objective.with_unet(m.unet)
+        self.timesteps = fixed_timesteps(cfg.validation.timesteps, self.objective.num_timesteps)
         self.latents: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def captions(self) -> list[str]:
+        """The caption each validation image is conditioned on."""
+        return [caption for _, _, caption in self.items]
 
     def _groups(self) -> list[list[int]]:
         """Item positions grouped by bucket, in chunks of ``batch_size``."""
@@ -203,47 +127,27 @@ class Validator:
             pixels = torch.from_numpy(
                 _native.load_batch(paths, width, height, flip=False, crop="center")
             )
-            for pos, latent in zip(chunk, self.trainer._encode_pixels(pixels), strict=True):
+            for pos, latent in zip(chunk, self.objective.encode(pixels), strict=True):
                 latents[pos] = latent.cpu()
         return [x for x in latents if x is not None]
 
     def _chunk_loss(self, chunk: list[int]) -> float:
-        tr = self.trainer
-        latents = torch.stack([self.latents[p] for p in chunk]).to(tr.device)  # type: ignore[index]
-        hidden = tr._text_states([self.items[p][2] for p in chunk])
+        obj = self.objective
+        latents = torch.stack([self.latents[p] for p in chunk]).to(obj.device)  # type: ignore[index]
+        width, height = self.items[chunk[0]][1]
+        sizes = [SampleSize.uncropped(height, width)] * len(chunk)
+        conditions = obj.condition([self.items[p][2] for p in chunk], sizes)
         total = 0.0
         for slot, t in enumerate(self.timesteps):
-            noise = torch.stack(
-                [
-                    torch.randn(
-                        latents.shape[1:],
-                        generator=torch.Generator().manual_seed(
-                            noise_seed(self.seed, self.items[p][0], slot)
-                        ),
-                    )
-                    for p in chunk
-                ]
-            ).to(tr.device)
+            seeds = [noise_seed(self.seed, self.items[p][0], slot) for p in chunk]
+            noise = seeded_noise(tuple(latents.shape[1:]), seeds).to(obj.device)
             steps = torch.full((len(chunk),), t, dtype=torch.long)
-            noisy = add_noise(latents, noise, steps, tr.alphas_cumprod)
-            with tr.accelerator.autocast():
-                pred = tr.model.unet(
-                    noisy.to(tr.weight_dtype),
-                    steps.to(tr.device),
-                    encoder_hidden_states=hidden.to(tr.weight_dtype),
-                ).sample
-            target = training_target(
-                tr.model.prediction_type, latents, noise, steps, tr.alphas_cumprod
-            )
-            total += float((pred.float() - target.float()).pow(2).flatten(1).mean(1).sum())
+            total += float(obj.per_sample_loss(latents, noise, steps, conditions).sum())
         return total
 
     def loss(self) -> float:
         """The mean validation loss over images and fixed timesteps."""
-        tr = self.trainer
-        cuda = [tr.device.index or 0] if tr.device.type == "cuda" else []
-        modules = (tr.model.unet, tr.model.text_encoder, tr.model.vae)
-        with torch.random.fork_rng(devices=cuda), torch.no_grad(), eval_mode(*modules):
+        with isolated_eval(*self.modules, device=self.objective.device):
             if self.latents is None:
                 self.latents = self._encode_all()
             total = sum(self._chunk_loss(chunk) for chunk in self._groups())
@@ -256,7 +160,7 @@ class Validator:
 class ValidationRun:
     """Validation inside a run: when to evaluate, the curve, early stopping, ``-best``."""
 
-    def __init__(self, trainer: Trainer, index: DatasetIndex) -> None:
+    def __init__(self, trainer: Run, index: DatasetIndex) -> None:
         v = trainer.cfg.validation
         self.trainer = trainer
         self.every = v.every

@@ -1,7 +1,9 @@
 """The tiny world's pretrained Stable Diffusion, shipped in the package.
 
 :func:`base_model_path` is the diffusers folder (fp16 safetensors) that
-``python -m tsuika.world.pretrain`` writes; ``tsuika demo`` and the quality
+``python -m tsuika.world.pretrain`` writes; diffusers and transformers load it in
+fp32 by default (the text encoder's config names float32), so
+``StableDiffusionPipeline.from_pretrained(base_model_path())`` runs on the CPU; ``tsuika demo`` and the quality
 bench train on it. :data:`HELD_OUT_SHAPES` never appeared in its pretraining.
 """
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tsuika.errors import TsuikaError
+
 from .render import SIZE, Scene, render
 
 FORMAT = "tsuika-world-evaluator"
@@ -30,7 +32,7 @@ ASSETS = Path(__file__).parent / "assets"
 DEFAULT_PATH = ASSETS / "evaluator.safetensors"
 
 
-class EvaluatorError(ValueError):
+class EvaluatorError(TsuikaError, ValueError):
     """An evaluator file or input that cannot be used; the message names the file or argument."""
 
 

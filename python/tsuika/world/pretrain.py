@@ -16,7 +16,8 @@ Shapes in :data:`pretrain_data.HELD_OUT_SHAPES` (the heart) never appear in
 pretraining: they are the new concept the demo and the quality bench teach.
 Everything is seeded, single-process and uses deterministic algorithms at a
 fixed thread count, so the same command gives the same weights on the same
-machine. The folder is written in fp16 with :func:`tsuika.models.save_diffusers`,
+machine. The folder is written in fp16 with :func:`tsuika.models.save_diffusers`
+(its text encoder's config says float32: see :func:`save_half`),
 plus ``tsuika_world.json`` (how it was trained, wall time, measured scores).
 """
 
@@ -85,8 +86,6 @@ def pretrain(
     measure_n: int = 32,
 ) -> dict[str, Any]:
     """Train both stages, write the fp16 diffusers folder at ``out``, return the info."""
-    from tsuika.models import save_diffusers
-
     from .pretrain_data import HELD_OUT_SHAPES, build_world_data
     from .pretrain_stages import encode_latents, latent_scaling_factor, train_denoiser, train_vae
 
@@ -126,14 +125,34 @@ def pretrain(
         "stage1_seconds": round(vae_seconds, 1),
         "load_average": list(os.getloadavg()),
     }
-    for module in (model.unet, model.vae, model.text_encoder):
-        module.half()
-    save_diffusers(model, out)
+    save_half(model, out)
     if measure_n:
         info["measured"] = _measure(out, measure_n)
     (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     _log(f"wrote {out} ({folder_bytes(out) / 1e6:.2f} MB) in {seconds:.0f}s of training")
     return info
+
+
+def save_half(model, out: Path) -> None:
+    """Write ``model`` with fp16 weights (half the size) that every loader reads as fp32.
+
+    diffusers loads the UNet and VAE in fp32 by default, but transformers 5 loads
+    a text encoder in the dtype its ``config.json`` names (``dtype="auto"``);
+    saved from an fp16 module that is fp16, which breaks
+    ``StableDiffusionPipeline.from_pretrained`` on the CPU (Half x Float matmul)
+    and gives diffusers' example scripts a half-precision text encoder to train
+    (``loss=nan``). The config names float32, so the fp16 values load upcast.
+    """
+    from tsuika.atomic import write_json_atomic
+    from tsuika.models import save_diffusers
+
+    for module in (model.unet, model.vae, model.text_encoder):
+        module.half()
+    save_diffusers(model, out)
+    config_path = out / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["dtype"] = "float32"
+    write_json_atomic(config_path, config)
 
 
 def _measure(folder: Path, n: int) -> dict[str, Any]:

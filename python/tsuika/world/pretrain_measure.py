@@ -70,26 +70,3 @@ def format_table(results: Mapping[str, Mapping[str, float]], heads: Sequence[str
         cells = " | ".join(f"{row[h]:.2f}" if h in row else "-" for h in heads)
         lines.append(f"| {prompt} | {cells} |")
     return "\n".join(lines)
-
-
-def vae_round_trip(model: Any, scenes: Sequence[Any], evaluator: Any = None) -> dict[str, float]:
-    """Evaluator accuracy per head on the VAE's reconstructions of rendered ``scenes``
-    (how much of the world survives the 8x8x4 latents)."""
-    import torch
-
-    from .evaluator import load_evaluator
-    from .render import render
-
-    evaluator = evaluator or load_evaluator()
-    pixels = np.stack([render(s) for s in scenes])
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    vae = model.vae
-    with torch.no_grad():
-        z = vae.encode(x.to(vae.dtype)).latent_dist.mean
-        decoded = vae.decode(z).sample.float().clamp(-1, 1)
-    predictions = evaluator.predict(decoded)
-    heads = ("shape", "colour", "style", "background")
-    return {
-        h: float(np.mean([p[h] == getattr(s, h) for p, s in zip(predictions, scenes, strict=True)]))
-        for h in heads
-    }

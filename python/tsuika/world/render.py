@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tsuika.errors import TsuikaError
+
 SIZE = 64
 SUPERSAMPLE = 4
 MIN_SIZE, MAX_SIZE = 13.0, 24.0  # circumradius in pixels: always clearly visible
@@ -32,7 +34,7 @@ MAX_ROTATION = 40.0  # degrees, either way
 Point = tuple[float, float]
 
 
-class WorldError(ValueError):
+class WorldError(TsuikaError, ValueError):
     """A scene or option outside the tiny world; the message names the field and allowed values."""
 
 

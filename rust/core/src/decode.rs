@@ -4,7 +4,7 @@
 //! decoded at 1/8, 1/4, 3/8, ... 7/8 scale in the DCT domain (libjpeg-turbo's
 //! scaled IDCT) when the caller only needs a smaller picture.
 //!
-//! The format is told from the magic bytes ([`crate::probe::detect_format`]),
+//! The format is told from the magic bytes ([`crate::format::detect_format`]),
 //! never from the file extension. JPEGs go through libjpeg-turbo
 //! ([`jpeg`]); PNG, WebP and BMP through the `image` crate ([`raster`]).
 
@@ -20,12 +20,13 @@ pub(crate) mod testimg;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use image::RgbImage;
 
 use crate::error::{Error, Result};
-use crate::probe::{detect_format, Format, ImageInfo};
+use crate::format::{detect_format, Format, ImageInfo};
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS` (about 178 Mpx), our default bomb guard.
 pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
@@ -46,6 +47,43 @@ impl Default for DecodeOptions {
             background: [255, 255, 255],
         }
     }
+}
+
+/// Largest decoder buffer [`recycle`] keeps per thread (48 MiB: a 16 Mpx
+/// picture); a bigger one goes back to the allocator rather than stay
+/// pinned in every worker thread.
+pub const MAX_RECYCLED_BYTES: usize = 48 << 20;
+
+thread_local! {
+    /// A decoded picture's buffer handed back by [`recycle`], for the next
+    /// JPEG decoded on this thread.
+    static RECYCLED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Hand a decoded picture's pixel buffer (`Decoded::image.into_raw()`) back
+/// for the next JPEG decoded on this thread.
+///
+/// A batch decodes one picture after another on each worker thread, and a
+/// fresh multi-megabyte buffer per picture costs a `memset` of all of it
+/// (page faults too when the allocator maps it anew): at web sizes a few
+/// percent of the whole batch (benches/data_feed.py). Reusing the last one
+/// only zeroes what it has to grow by; every byte is overwritten by libjpeg.
+pub fn recycle(buf: Vec<u8>) {
+    if buf.capacity() <= MAX_RECYCLED_BYTES {
+        RECYCLED.with(|cell| {
+            if buf.capacity() > cell.borrow().capacity() {
+                cell.replace(buf);
+            }
+        });
+    }
+}
+
+/// A buffer of `len` bytes for a decoder to fill completely: the recycled
+/// one when there is one (stale contents), else a fresh zeroed one.
+pub(crate) fn take_buffer(len: usize) -> Vec<u8> {
+    let mut buf = RECYCLED.with(|cell| cell.take());
+    buf.resize(len, 0);
+    buf
 }
 
 /// A decoded, upright RGB8 picture and the upright size of the full source.
@@ -94,7 +132,7 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<D
     decode_bytes_scaled(bytes, path, opts, &|w, h| (w, h))
 }
 
-/// Read the header of bytes whose format is already known (used by [`crate::probe`]).
+/// Read the header of bytes whose format is already known (used by `probe`).
 pub(crate) fn probe_format(
     format: Format,
     bytes: &[u8],

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod bucket;
 pub mod decode;
 pub mod error;
+pub mod format;
 pub mod hash;
 pub mod prep;
 pub mod probe;

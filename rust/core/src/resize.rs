@@ -77,38 +77,49 @@ fn algorithm(src: (u32, u32), dst: (u32, u32)) -> fr::ResizeAlg {
     }
 }
 
-/// Resample the source box `(left, top, width, height)` of `img` into a new
-/// `dst` picture with `alg`.
+/// Resample the source box `(left, top, width, height)` of `img` into the
+/// `dst`-sized RGB8 buffer `out` with `alg`.
+fn resample_into(
+    img: &RgbImage,
+    crop_box: (f64, f64, f64, f64),
+    dst: (u32, u32),
+    alg: fr::ResizeAlg,
+    out: &mut [u8],
+) -> Result<()> {
+    let src = fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
+        .map_err(|e| Error::InvalidArgument(format!("resize: source buffer: {e}")))?;
+    let mut dst_image = fr::images::Image::from_slice_u8(dst.0, dst.1, out, fr::PixelType::U8x3)
+        .map_err(|e| Error::InvalidArgument(format!("resize: output buffer: {e}")))?;
+    let (left, top, width, height) = crop_box;
+    let options = fr::ResizeOptions::new()
+        .resize_alg(alg)
+        .crop(left, top, width, height);
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&src, &mut dst_image, &options))
+        .map_err(|e| Error::InvalidArgument(format!("resize: {e}")))
+}
+
+/// Like [`resample_into`], into a new picture.
 fn resample(
     img: &RgbImage,
     crop_box: (f64, f64, f64, f64),
     dst: (u32, u32),
     alg: fr::ResizeAlg,
 ) -> Result<RgbImage> {
-    let src = fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
-        .map_err(|e| Error::InvalidArgument(format!("resize: source buffer: {e}")))?;
-    let mut out = fr::images::Image::new(dst.0, dst.1, fr::PixelType::U8x3);
-    let (left, top, width, height) = crop_box;
-    let options = fr::ResizeOptions::new()
-        .resize_alg(alg)
-        .crop(left, top, width, height);
-    RESIZER
-        .with(|r| r.borrow_mut().resize(&src, &mut out, &options))
-        .map_err(|e| Error::InvalidArgument(format!("resize: {e}")))?;
-    Ok(RgbImage::from_raw(dst.0, dst.1, out.into_vec()).expect("buffer has w*h*3 bytes"))
+    let mut out = RgbImage::new(dst.0, dst.1);
+    resample_into(img, crop_box, dst, alg, &mut out)?;
+    Ok(out)
 }
 
-/// Copy the `size` window at `(x, y)` out of `img` (no resampling).
-fn crop_copy(img: &RgbImage, (x, y): (u32, u32), size: (u32, u32)) -> RgbImage {
+/// Copy the `size` window at `(x, y)` out of `img` into `out` (no resampling).
+fn crop_copy_into(img: &RgbImage, (x, y): (u32, u32), size: (u32, u32), out: &mut [u8]) {
     let row_bytes = size.0 as usize * 3;
     let stride = img.width() as usize * 3;
-    let mut buf = Vec::with_capacity(row_bytes * size.1 as usize);
     let raw = img.as_raw();
-    for row in y as usize..(y + size.1) as usize {
-        let start = row * stride + x as usize * 3;
-        buf.extend_from_slice(&raw[start..start + row_bytes]);
+    for (i, dst) in out.chunks_exact_mut(row_bytes).take(size.1 as usize).enumerate() {
+        let start = (y as usize + i) * stride + x as usize * 3;
+        dst.copy_from_slice(&raw[start..start + row_bytes]);
     }
-    RgbImage::from_raw(size.0, size.1, buf).expect("buffer has w*h*3 bytes")
 }
 
 /// Resize `img` to exactly `width` x `height` (area filter down, Lanczos up).
@@ -134,6 +145,22 @@ pub fn resize_cover_crop(
     bucket: (u32, u32),
     crop: Crop,
 ) -> Result<RgbImage> {
+    check_size("bucket", bucket)?;
+    let mut out = RgbImage::new(bucket.0, bucket.1);
+    resize_cover_crop_into(img, resized, bucket, crop, &mut out)?;
+    Ok(out)
+}
+
+/// [`resize_cover_crop`] into a caller's RGB8 buffer of exactly
+/// `bucket.0 * bucket.1 * 3` bytes (a batch reuses one per thread instead
+/// of allocating and zeroing a picture per image).
+pub fn resize_cover_crop_into(
+    img: &RgbImage,
+    resized: (u32, u32),
+    bucket: (u32, u32),
+    crop: Crop,
+    out: &mut [u8],
+) -> Result<()> {
     let src = img.dimensions();
     check_size("source", src)?;
     check_size("resized", resized)?;
@@ -144,9 +171,17 @@ pub fn resize_cover_crop(
             resized.0, resized.1, bucket.0, bucket.1
         )));
     }
+    let need = bucket.0 as usize * bucket.1 as usize * 3;
+    if out.len() != need {
+        return Err(Error::InvalidArgument(format!(
+            "resize: output buffer holds {} bytes, the bucket needs {need}",
+            out.len()
+        )));
+    }
     let (ox, oy) = crop.offsets((resized.0 - bucket.0, resized.1 - bucket.1));
     if resized == src {
-        return Ok(crop_copy(img, (ox, oy), bucket));
+        crop_copy_into(img, (ox, oy), bucket, out);
+        return Ok(());
     }
     // Map the window back into source coordinates.
     let sx = src.0 as f64 / resized.0 as f64;
@@ -155,7 +190,13 @@ pub fn resize_cover_crop(
     let top = oy as f64 * sy;
     let width = (bucket.0 as f64 * sx).min(src.0 as f64 - left);
     let height = (bucket.1 as f64 * sy).min(src.1 as f64 - top);
-    resample(img, (left, top, width, height), bucket, algorithm(src, resized))
+    resample_into(
+        img,
+        (left, top, width, height),
+        bucket,
+        algorithm(src, resized),
+        out,
+    )
 }
 
 #[cfg(test)]

@@ -1,13 +1,19 @@
 //! Bindings for tsuika_core::batch: `load_batch` (float32 NCHW) and
-//! `load_batch_u8` (uint8 NHWC). The buffer is filled with the GIL released
-//! and handed to numpy without a copy.
+//! `load_batch_u8` (uint8 NHWC). The buffer comes from the core's buffer
+//! pool, is filled with the GIL released and handed to numpy without a copy;
+//! it goes back to the pool when the last array viewing it dies.
+//! `with_info=True` adds an int64 [B, 4] array of (original_h, original_w,
+//! crop_top, crop_left) per picture, SDXL's size conditioning.
 
 use std::path::PathBuf;
 
-use numpy::{IntoPyArray, PyArray4, PyArrayMethods};
+use numpy::ndarray::{ArrayView, Dimension, IntoDimension};
+use numpy::{Element, PyArray, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use tsuika_core::batch::{self, BatchOptions, Flip};
+use pyo3::IntoPyObjectExt;
+use tsuika_core::batch::pool::{self, BufferPool};
+use tsuika_core::batch::{self, BatchOptions, Flip, Placement};
 use tsuika_core::decode::DEFAULT_MAX_PIXELS;
 
 use crate::args::{decode_options, random_crop};
@@ -83,6 +89,85 @@ fn options(
     })
 }
 
+/// What a pooled buffer holds, so one Python class can own either kind.
+enum Held {
+    F32(Vec<f32>),
+    U8(Vec<u8>),
+}
+
+/// Owns a pooled buffer while numpy arrays view it (it is their base
+/// object); hands it back to its pool when the last of them is gone.
+#[pyclass(frozen, module = "tsuika._native")]
+struct PooledBuffer {
+    held: Option<Held>,
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        match self.held.take() {
+            Some(Held::F32(v)) => pool::F32.give(v),
+            Some(Held::U8(v)) => pool::U8.give(v),
+            None => {}
+        }
+    }
+}
+
+/// An element type with a pool.
+trait Pooled: Element + Copy + Default {
+    fn pool() -> &'static BufferPool<Self>;
+    fn hold(buf: Vec<Self>) -> Held;
+}
+
+impl Pooled for f32 {
+    fn pool() -> &'static BufferPool<f32> {
+        &pool::F32
+    }
+    fn hold(buf: Vec<f32>) -> Held {
+        Held::F32(buf)
+    }
+}
+
+impl Pooled for u8 {
+    fn pool() -> &'static BufferPool<u8> {
+        &pool::U8
+    }
+    fn hold(buf: Vec<u8>) -> Held {
+        Held::U8(buf)
+    }
+}
+
+/// `buf` as a numpy array of `shape`, owned by a [`PooledBuffer`].
+fn pooled_array<'py, T: Pooled, D: IntoDimension>(
+    py: Python<'py>,
+    buf: Vec<T>,
+    shape: D,
+) -> PyResult<Bound<'py, PyArray<T, D::Dim>>> {
+    let shape = shape.into_dimension();
+    if shape.size() != buf.len() {
+        return Err(PyValueError::new_err("batch buffer does not match its shape"));
+    }
+    // SAFETY: `ptr` points at `buf.len()` initialised, aligned elements; the
+    // Vec is moved (not reallocated) into `owner`, so its heap data stays put,
+    // and `owner` becomes the array's base, which numpy keeps alive as long as
+    // any array viewing the data.
+    let ptr = buf.as_ptr();
+    let owner = Bound::new(
+        py,
+        PooledBuffer {
+            held: Some(T::hold(buf)),
+        },
+    )?;
+    let view = unsafe { ArrayView::from_shape_ptr(shape, ptr) };
+    Ok(unsafe { PyArray::borrow_from_array(&view, owner.into_any()) })
+}
+
+/// int64 [B, 4]: (original_h, original_w, crop_top, crop_left) per picture.
+fn info_array<'py>(py: Python<'py>, placements: &[Placement]) -> PyResult<Bound<'py, PyAny>> {
+    let flat: Vec<i64> = placements.iter().flat_map(Placement::row).collect();
+    let info = numpy::PyArray1::from_vec(py, flat).reshape([placements.len(), 4])?;
+    Ok(info.into_any())
+}
+
 /// One `#[pyfunction]` per output type: same arguments, the core's `$fill`
 /// into a `$elem` buffer of `$shape`, handed to numpy without a copy.
 #[rustfmt::skip] // rustfmt re-indents the attribute's continuation lines on every run
@@ -91,7 +176,7 @@ macro_rules! batch_function {
         #[pyfunction]
         #[pyo3(signature = (paths, width, height, *, flip = None, crop = "center", threads = None,
             seed = 0, epoch = 0, indices = None, rotation = 0.0, color_jitter = 0.0,
-            max_pixels = DEFAULT_MAX_PIXELS, background = (255, 255, 255)))]
+            max_pixels = DEFAULT_MAX_PIXELS, background = (255, 255, 255), with_info = false))]
         #[allow(clippy::too_many_arguments)]
         fn $name<'py>(
             py: Python<'py>,
@@ -108,7 +193,8 @@ macro_rules! batch_function {
             color_jitter: f32,
             max_pixels: u64,
             background: (u8, u8, u8),
-        ) -> PyResult<Bound<'py, PyArray4<$elem>>> {
+            with_info: bool,
+        ) -> PyResult<Bound<'py, PyAny>> {
             let no = pyo3::types::PyBool::new(py, false).to_owned().into_any();
             let $n = paths.len();
             let opts = options(
@@ -125,10 +211,21 @@ macro_rules! batch_function {
                 background,
             )?;
             let ($w, $h) = (width as usize, height as usize);
-            let mut buf = vec![<$elem>::default(); $n * 3 * $w * $h];
-            py.detach(|| $fill(&paths, width, height, &opts, &mut buf))
-                .map_err(to_py)?;
-            buf.into_pyarray(py).reshape($shape)
+            let mut buf = <$elem as Pooled>::pool().take($n * 3 * $w * $h);
+            let filled = py.detach(|| $fill(&paths, width, height, &opts, &mut buf));
+            let placements = match filled {
+                Ok(p) => p,
+                Err(e) => {
+                    <$elem as Pooled>::pool().give(buf);
+                    return Err(to_py(e));
+                }
+            };
+            let pixels = pooled_array(py, buf, $shape)?.into_any();
+            if with_info {
+                (pixels, info_array(py, &placements)?).into_bound_py_any(py)
+            } else {
+                Ok(pixels)
+            }
         }
     };
 }

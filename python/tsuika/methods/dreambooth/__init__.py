@@ -1,7 +1,5 @@
 """DreamBooth: fine-tune the whole model (or LoRA modules) on a subject, with prior preservation."""
 
-from tsuika.training.losses import per_sample_mse, prior_preservation_loss
-
 from .class_images import ClassImages, ensure_class_images, generate_pictures, list_pictures
 from .config import LORA_KEYS, DreamBoothConfig
 from .method import DEFAULT_FORMAT, FULL_FORMATS, DreamBoothMethod
@@ -23,6 +21,4 @@ __all__ = [
     "ensure_class_images",
     "generate_pictures",
     "list_pictures",
-    "per_sample_mse",
-    "prior_preservation_loss",
 ]

@@ -20,12 +20,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tsuika.atomic import atomic_write
 from tsuika.data.scan import IMAGE_EXTENSIONS
 from tsuika.models.base import BaseModel
+from tsuika.torch_utils import isolated_eval, seeded_noise
 
 from .config import DreamBoothConfig
 
@@ -90,6 +92,21 @@ class ClassImages:
             captions.append(own or class_prompt)
         return cls(paths, tuple(captions))
 
+    @classmethod
+    def from_items(cls, items: Sequence[Any], class_prompt: str | None) -> ClassImages:
+        """A dataset TOML's ``is_reg`` pictures (``ImageItem``), as kohya trains them: each
+        on its caption file or its subset's class tokens, else on ``class_prompt``."""
+        captions = []
+        for item in items:
+            caption = item.caption.strip() or (class_prompt or "").strip()
+            if not caption:
+                raise ValueError(
+                    f"{item.path}: is_reg picture without a caption or class_tokens; "
+                    "give it a caption file, class_tokens on its subset or method.class_prompt"
+                )
+            captions.append(caption)
+        return cls(tuple(Path(item.path) for item in items), tuple(captions))
+
     def pick(self, n: int, seed: int, *key: object) -> list[int]:
         """``n`` picture indices drawn from (seed, *key) alone: distinct while the
         folder has enough pictures, with repeats otherwise."""
@@ -136,9 +153,7 @@ def generate_pictures(
     pipe = ddim_pipeline(model)
     cells = size // model.vae_scale_factor
     shape = (model.unet.config.in_channels, cells, cells)
-    noise = torch.stack(
-        [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    )
+    noise = seeded_noise(shape, seeds)
     out = pipe(
         [prompt] * len(seeds),
         height=size,
@@ -182,13 +197,17 @@ def _generate_missing(
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = cfg.class_resolution or model.unet.config.sample_size * model.vae_scale_factor
-    modules = (model.unet, model.vae, model.text_encoder)
-    places = [(next(m.parameters()).device, m.training) for m in modules]
+    modules = tuple(
+        m
+        for m in (model.unet, model.vae, model.text_encoder, model.text_encoder_2)
+        if m is not None
+    )
+    places = [next(m.parameters()).device for m in modules]
     bar = tqdm(total=len(numbers), desc="class pictures", unit="picture")
     try:
         for m in modules:
-            m.to(device).eval()
-        with torch.random.fork_rng(devices=[]):
+            m.to(device)
+        with isolated_eval(*modules, device=device):
             for start in range(0, len(numbers), cfg.class_generation_batch):
                 chunk = numbers[start : start + cfg.class_generation_batch]
                 images = generate_pictures(
@@ -205,8 +224,8 @@ def _generate_missing(
                 bar.update(len(chunk))
     finally:
         bar.close()
-        for m, (place, mode) in zip(modules, places, strict=True):
-            m.to(place).train(mode)
+        for m, place in zip(modules, places, strict=True):
+            m.to(place)
 
 
 def _warn_stale(folder: Path, class_prompt: str) -> None:

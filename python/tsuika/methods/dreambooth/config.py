@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tsuika.checks import Rule, check
+from tsuika.methods.options import check_options, reject_unknown
 from tsuika.methods.options import option_error as _fail
-from tsuika.methods.options import reject_unknown
 
 # Keys passed through to LoraConfig when ``lora = true`` (DreamBooth-LoRA).
 # ``train_text_encoder`` and ``text_encoder_lr`` are DreamBooth keys that LoRA shares.
@@ -25,28 +25,24 @@ LORA_KEYS = (
 SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-def _check_text(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(name, f"must be a non-empty string, got {value!r}")
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(name, f"must be an integer, got {value!r}")
-    if value < low:
-        raise _fail(name, f"must be >= {low}, got {value}")
-
-
-def _check_number(name: str, value: Any, *, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(name, f"must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise _fail(name, f"must be {'> 0' if positive else '>= 0'}, got {value}")
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise _fail(name, f"must be true or false, got {value!r}")
+TEXT = Rule(str, nonempty=True)
+NUMBER = Rule(float, low=0.0, finite=True)
+# Every scalar field's rule; class_prompt / class_data are checked with prior preservation.
+RULES = {
+    "instance_prompt": TEXT,
+    "prior_loss_weight": NUMBER,
+    "train_text_encoder": Rule(bool),
+    "use_captions": Rule(bool),
+    "lora": Rule(bool),
+    "text_encoder_lr": Rule(float | None, low=0.0, finite=True),
+    "num_class_images": Rule(int, low=1),
+    "class_generation_steps": Rule(int, low=1),
+    "class_generation_cfg": NUMBER,
+    "class_generation_seed": Rule(int, low=0),
+    "class_generation_batch": Rule(int, low=1),
+    "class_resolution": Rule(int | None, low=8),
+    "save_precision": Rule(str, choices=SAVE_PRECISIONS),
+}
 
 
 @dataclass
@@ -59,8 +55,10 @@ class DreamBoothConfig:
       picture trains on it. ``use_captions = true`` (kohya's habit): a picture's
       own caption file is used when it has one, the instance prompt otherwise.
     * Prior preservation is on when ``prior_loss_weight`` > 0 (0 turns it off).
-      Then ``class_prompt`` ("a photo of a dog") and ``class_data`` (a folder)
-      are required; when the folder holds fewer than ``num_class_images``
+      Its class pictures are a dataset TOML's ``is_reg = true`` subsets (kohya's
+      regularisation pictures, each trained on its own caption or class tokens,
+      else ``class_prompt``), or else ``class_prompt`` ("a photo of a dog") and
+      ``class_data`` (a folder) are required (:meth:`check_class_source`); when the folder holds fewer than ``num_class_images``
       pictures, the missing ones are generated with the base model
       (``class_generation_steps`` DDIM steps, guidance ``class_generation_cfg``,
       picture ``i`` from seed ``class_generation_seed + i``, ``class_resolution``
@@ -90,34 +88,37 @@ class DreamBoothConfig:
     lora_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_text("instance_prompt", self.instance_prompt)
-        _check_number("prior_loss_weight", self.prior_loss_weight)
-        for name in ("train_text_encoder", "use_captions", "lora"):
-            _check_bool(name, getattr(self, name))
-        if self.text_encoder_lr is not None:
-            _check_number("text_encoder_lr", self.text_encoder_lr)
-        _check_int("num_class_images", self.num_class_images, 1)
-        _check_int("class_generation_steps", self.class_generation_steps, 1)
-        _check_number("class_generation_cfg", self.class_generation_cfg)
-        _check_int("class_generation_seed", self.class_generation_seed, 0)
-        _check_int("class_generation_batch", self.class_generation_batch, 1)
-        if self.class_resolution is not None:
-            _check_int("class_resolution", self.class_resolution, 8)
-        if self.save_precision not in SAVE_PRECISIONS:
-            raise _fail(
-                "save_precision",
-                f"must be one of {', '.join(SAVE_PRECISIONS)}, got {self.save_precision!r}",
-            )
+        check_options(self, RULES)
+        for name in ("class_prompt", "class_data"):
+            if getattr(self, name) is not None:
+                check(f"method.{name}", getattr(self, name), TEXT)
+        self._check_lora_options()
+
+    def check_class_source(self, *, from_dataset: bool) -> None:
+        """Prior preservation needs one source of class pictures: ``class_data`` with
+        ``class_prompt``, or the dataset TOML's ``is_reg`` subsets (``from_dataset``)."""
+        if from_dataset:
+            if not self.prior_preservation:
+                raise _fail(
+                    "prior_loss_weight",
+                    "is 0 (prior preservation off), but the dataset has is_reg class "
+                    "pictures; set it > 0 to train on them or remove the is_reg subsets",
+                )
+            if self.class_data is not None:
+                raise _fail(
+                    "class_data",
+                    "and the dataset's is_reg subsets both give class pictures; keep one",
+                )
+            return
         if self.prior_preservation:
             for name, example in (("class_prompt", "a photo of a dog"), ("class_data", "data/dog")):
                 if getattr(self, name) is None:
                     raise _fail(
                         name,
-                        f"is required with prior preservation (e.g. {example!r}); "
-                        "set method.prior_loss_weight = 0 to train without class pictures",
+                        f"is required with prior preservation (e.g. {example!r}) unless the "
+                        "dataset TOML has is_reg subsets; set method.prior_loss_weight = 0 "
+                        "to train without class pictures",
                     )
-                _check_text(name, getattr(self, name))
-        self._check_lora_options()
 
     def _check_lora_options(self) -> None:
         if self.lora_options and not self.lora:

@@ -5,22 +5,26 @@ With ``lora = true`` (DreamBooth-LoRA) the same data and loss train LoRA modules
 instead: a :class:`tsuika.methods.lora.LoraMethod` does the hooking in, the state
 and the LoRA file.
 
-Hooks for the loop (see :mod:`tsuika.methods.base`): ``transform_caption``
-(CaptionHook) puts in the instance prompt; ``prior_loss_weight`` and
-``paired_batch`` (PriorHook) give the class pictures of every batch, and
+Hooks for the loop (see :class:`tsuika.methods.base.Method`): ``configure`` takes
+``training.seed`` as the seed of the class-picture draw; ``transform_caption``
+puts in the instance prompt; ``prior_loss_weight`` and ``paired_batch`` give the
+class pictures of every batch, ``use_class_pictures`` takes a dataset TOML's
+``is_reg`` ones, and
 :func:`tsuika.training.losses.prior_preservation_loss` combines the halves.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tsuika.errors import ConfigError
+from tsuika.methods.base import Method
 from tsuika.models.base import BaseModel
 
 from .class_images import ClassImages, ensure_class_images
@@ -30,9 +34,11 @@ DEFAULT_FORMAT = "diffusers+single"
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # component -> attribute on BaseModel; the adapter-state key prefix is "<component>."
 TRAINED = ("unet", "text_encoder")
+# model kind -> the components that train (the UNet, then the text encoders)
+KIND_TRAINED: dict[str, tuple[str, ...]] = {"sdxl": ("unet", "text_encoder", "text_encoder_2")}
 
 
-class DreamBoothMethod:
+class DreamBoothMethod(Method):
     """DreamBooth (Ruiz et al. 2023) full fine-tuning, or DreamBooth-LoRA."""
 
     name = "dreambooth"
@@ -40,7 +46,10 @@ class DreamBoothMethod:
     def __init__(self, config: DreamBoothConfig) -> None:
         self.config = config
         self.prior_loss_weight = float(config.prior_loss_weight)
-        self.seed = config.class_generation_seed  # the loop may set training.seed here
+        # The seed of the paired class-picture draw (:meth:`paired_batch`). In a run,
+        # :meth:`configure` sets it to ``training.seed``; a method used on its own (no
+        # loop) draws from ``class_generation_seed``.
+        self.seed = config.class_generation_seed
         self.model: BaseModel | None = None
         self.lora = None  # LoraMethod when config.lora
         self.class_images: ClassImages | None = None
@@ -52,7 +61,11 @@ class DreamBoothMethod:
 
     @property
     def components(self) -> tuple[str, ...]:
-        return TRAINED if self.config.train_text_encoder else TRAINED[:1]
+        """The trained components: the UNet, and with ``train_text_encoder`` every text
+        encoder of the model (both on SDXL)."""
+        kind = self.model.kind if self.model is not None else "sd1"
+        trained = KIND_TRAINED.get(kind, TRAINED)
+        return trained if self.config.train_text_encoder else trained[:1]
 
     def prepare(self, model: BaseModel, *, device: torch.device | str | None = None) -> None:
         """Top up the class pictures (with the base model, before anything trains), then
@@ -61,18 +74,29 @@ class DreamBoothMethod:
         ``device``: where missing class pictures are generated (default: CUDA when present).
         """
         self.model = model
-        if self.config.prior_preservation:
-            self.class_images = ensure_class_images(model, self.config, device=device)
+        if self.class_images is None:  # not handed over from the dataset's is_reg subsets
+            self.config.check_class_source(from_dataset=False)
+            if self.config.prior_preservation:
+                self.class_images = ensure_class_images(model, self.config, device=device)
         if self.config.lora:
             from tsuika.methods.lora import LoraMethod
 
             self.lora = LoraMethod(self.config.lora_config(), max_norm=self._max_norm)
             self.lora.prepare(model)
             return
-        for part in (model.unet, model.vae, model.text_encoder):
-            part.requires_grad_(False)
+        for part in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
+            if part is not None:
+                part.requires_grad_(False)
         for component in self.components:
             getattr(model, component).requires_grad_(True)
+
+    def configure(self, *, seed: int, max_norm: float) -> None:
+        """The run's ``training.seed`` becomes the seed of the class-picture draw."""
+        self.seed = seed
+        super().configure(seed=seed, max_norm=max_norm)
+
+    def set_max_norm(self, max_norm: float) -> None:
+        self.max_norm = max_norm
 
     @property
     def max_norm(self) -> float:
@@ -101,13 +125,25 @@ class DreamBoothMethod:
             self._require_prepared()
             return self.lora.param_groups(learning_rate)
         te_lr = self.config.text_encoder_lr
-        lrs = {"unet": learning_rate, "text_encoder": learning_rate if te_lr is None else te_lr}
+        text_lr = learning_rate if te_lr is None else te_lr
         return [
-            {"params": [p for p in module.parameters() if p.requires_grad], "lr": lrs[c], "name": c}
+            {
+                "params": [p for p in module.parameters() if p.requires_grad],
+                "lr": learning_rate if c == "unet" else text_lr,
+                "name": c,
+            }
             for c, module in self._trained_modules().items()
         ]
 
     # --- the loop's hooks -------------------------------------------------------------------
+
+    def use_class_pictures(self, pictures: Sequence[Any]) -> None:
+        """The dataset TOML's ``is_reg`` pictures are the class pictures
+        (none are generated; ``class_data`` must then be unset). With none, the config
+        must name ``class_data`` and ``class_prompt`` for prior preservation."""
+        self.config.check_class_source(from_dataset=bool(pictures))
+        if pictures:
+            self.class_images = ClassImages.from_items(pictures, self.config.class_prompt)
 
     def transform_caption(self, caption: str, class_tokens: str, rng: random.Random) -> str:
         """The instance prompt; with ``use_captions``, the picture's own caption when it has
@@ -116,6 +152,12 @@ class DreamBoothMethod:
         if self.config.use_captions and own and own != class_tokens.strip():
             return caption
         return self.config.instance_prompt
+
+    def class_captions(self) -> list[str]:
+        """The class pictures' captions while prior preservation is on."""
+        if self.class_images is None or self.prior_loss_weight <= 0:
+            return []
+        return list(dict.fromkeys(self.class_images.captions))
 
     def paired_batch(self, batch: dict[str, Any], step: int) -> dict[str, Any] | None:
         """As many class pictures as ``batch`` has instance pictures, at its size, drawn from
@@ -204,6 +246,19 @@ class DreamBoothMethod:
         out.update({str(k): str(v) for k, v in (extra or {}).items()})
         return out
 
+    def check_format(self, fmt: str) -> None:
+        """A full-model format (:data:`FULL_FORMATS`), or with ``lora = true`` a LoRA one."""
+        if self.config.lora:
+            from tsuika.methods.lora.method import check_lora_format
+
+            if fmt != DEFAULT_FORMAT:
+                check_lora_format(fmt, dora=self.config.lora_config().dora)
+        elif fmt not in FULL_FORMATS:
+            raise ConfigError(
+                f"output.format = {fmt!r} is not a DreamBooth format; allowed: "
+                f"{', '.join(FULL_FORMATS)} (with method.lora = true: kohya, diffusers)"
+            )
+
     def save(self, out_dir: Path, name: str, fmt: str, metadata: dict[str, str]) -> Path:
         """Full model: ``diffusers+single`` (default) writes ``{out_dir}/{name}/`` (diffusers)
         and ``{out_dir}/{name}.safetensors`` (original SD layout) and returns the latter;
@@ -211,18 +266,13 @@ class DreamBoothMethod:
         (``kohya``, ``diffusers``), where the default means ``kohya``."""
         self._require_prepared()
         out_dir = Path(out_dir)
+        self.check_format(fmt)
         if self.config.lora:
             fmt = "kohya" if fmt == DEFAULT_FORMAT else fmt
             path = self.lora.save(out_dir, name, fmt, self.metadata(metadata))
             self.saved = {"lora": path}
             return path
-        try:
-            savers = FULL_FORMATS[fmt]
-        except KeyError:
-            raise ValueError(
-                f"output.format = {fmt!r} is not a DreamBooth format; allowed: "
-                f"{', '.join(FULL_FORMATS)} (with method.lora = true: kohya, diffusers)"
-            ) from None
+        savers = FULL_FORMATS[fmt]
         self.saved = {kind: SAVERS[kind](self, out_dir, name, metadata) for kind in savers}
         return self.saved[savers[-1]]
 

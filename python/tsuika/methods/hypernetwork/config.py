@@ -8,27 +8,26 @@ from typing import Any
 
 import torch
 
+from tsuika.checks import Rule, check
 from tsuika.formats.a1111_hypernetwork import HypernetworkStructure, parse_dropout_structure
+from tsuika.methods.options import check_options, reject_unknown
 from tsuika.methods.options import option_error as _fail
-from tsuika.methods.options import reject_unknown
 
 from .modules import ACTIVATIONS, INITIALIZATIONS
 
 A1111_DROPOUT_RATE = 0.3  # what A1111 uses when dropout is on
 SD1_DIMS = (768, 320, 640, 1280)
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise _fail(name, f"must be true or false, got {value!r}")
+# The plain fields' rules; dims, layer_structure and dropout have checks of their own.
+RULES = {name: Rule(bool) for name in ("layer_norm", "activate_output", "last_layer_dropout")}
 
 
 def _choice(name: str, value: Any, allowed: Iterable[str]) -> str:
     """``value`` matched case-insensitively against ``allowed``; the allowed spelling back."""
     by_lower = {a.lower(): a for a in allowed}
-    if not isinstance(value, str) or value.lower() not in by_lower:
-        raise _fail(name, f"unknown value {value!r}; allowed: {', '.join(by_lower.values())}")
-    return by_lower[value.lower()]
+    if isinstance(value, str):
+        value = by_lower.get(value.lower(), value)
+    check(f"method.{name}", value, Rule(str, choices=tuple(by_lower.values())))
+    return value
 
 
 @dataclass
@@ -68,8 +67,7 @@ class HypernetworkConfig:
         self._check_dims()
         self.activation = _choice("activation", self.activation, ACTIVATIONS)
         self.initialization = _choice("initialization", self.initialization, INITIALIZATIONS)
-        for name in ("layer_norm", "activate_output", "last_layer_dropout"):
-            _check_bool(name, getattr(self, name))
+        check_options(self, RULES)
         self._check_layer_structure()
         self._check_dropout()
         self._check_identity_at_start()

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tsuika.errors import ConfigError
 from tsuika.formats.a1111_hypernetwork import (
     EXTENSIONS,
     WRITERS,
@@ -17,6 +18,7 @@ from tsuika.formats.a1111_hypernetwork import (
     HypernetworkFileError,
     load_hypernetwork_file,
 )
+from tsuika.methods.base import Method
 from tsuika.models.base import BaseModel
 
 from .config import HypernetworkConfig
@@ -29,7 +31,7 @@ def _device_of(module: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-class HypernetworkMethod:
+class HypernetworkMethod(Method):
     """AUTOMATIC1111's hypernetwork: a (K, V) pair of small MLPs per context width,
     applied to what feeds K and V of every attention of that width. The base
     model is frozen; only the hypernetwork trains.
@@ -50,8 +52,8 @@ class HypernetworkMethod:
         """Freeze the base model, build fresh modules for the configured widths and hook them
         into the UNet (a second call replaces the first)."""
         self.remove()
-        for part in (model.unet, model.vae, model.text_encoder):
-            if isinstance(part, nn.Module):
+        for part in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
+            if isinstance(part, nn.Module):  # SDXL's second encoder too (SD1/SD2: None)
                 part.requires_grad_(False)
         dims = self.config.resolve_dims(context_widths(model.unet))
         net = Hypernetwork(dims, self.config.structure())
@@ -126,14 +128,17 @@ class HypernetworkMethod:
             metadata=meta,
         )
 
+    def check_format(self, fmt: str) -> None:
+        """A hypernetwork format (:data:`WRITERS`)."""
+        if fmt not in WRITERS:
+            raise ConfigError(
+                f"output.format = {fmt!r} is not a hypernetwork format; allowed: {', '.join(WRITERS)}"
+            )
+
     def save(self, out_dir: Path, name: str, fmt: str, metadata: dict[str, str]) -> Path:
         """Write ``{out_dir}/{name}.pt`` (``a1111``) or ``{name}.safetensors`` (``safetensors``)."""
-        try:
-            writer = WRITERS[fmt]
-        except KeyError:
-            raise ValueError(
-                f"output.format = {fmt!r} is not a hypernetwork format; allowed: {', '.join(WRITERS)}"
-            ) from None
+        self.check_format(fmt)
+        writer = WRITERS[fmt]
         path = Path(out_dir) / f"{name}{EXTENSIONS[fmt]}"
         return writer(path, self.to_file(name, metadata))
 

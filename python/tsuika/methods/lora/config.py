@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tsuika.checks import Rule
+from tsuika.methods.options import check_options, reject_unknown
 from tsuika.methods.options import option_error as _fail
-from tsuika.methods.options import reject_unknown
 
 # UNet target groups: which modules each name in ``targets`` wraps (see inject.py).
 UNET_TARGET_GROUPS = ("attention", "proj", "ff")
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(name, f"must be an integer, got {value!r}")
-    if value < low:
-        raise _fail(name, f"must be >= {low}, got {value}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(name, f"must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise _fail(name, f"must be a finite number > 0, got {value}")
-
-
-def _check_probability(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(name, f"must be a number, got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise _fail(name, f"must be in [0, 1), got {value}")
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise _fail(name, f"must be true or false, got {value!r}")
+PROBABILITY = Rule(float, low=0.0, high=1.0, open_high=True)
+# Every scalar field's rule (targets has its own check below).
+RULES = {
+    "rank": Rule(int, low=1),
+    "alpha": Rule(float, low=0.0, open_low=True, finite=True),
+    "dropout": PROBABILITY,
+    "rank_dropout": PROBABILITY,
+    "module_dropout": PROBABILITY,
+    "train_text_encoder": Rule(bool),
+    "dora": Rule(bool),
+    "text_encoder_lr": Rule(float | None, low=0.0, finite=True),
+    "conv_rank": Rule(int, low=0),
+    "conv_alpha": Rule(float, low=0.0, open_low=True, finite=True),
+}
 
 
 @dataclass
@@ -72,18 +62,7 @@ class LoraConfig:
     targets: tuple[str, ...] = ("attention",)
 
     def __post_init__(self) -> None:
-        _check_int("rank", self.rank, 1)
-        _check_positive("alpha", self.alpha)
-        for name in ("dropout", "rank_dropout", "module_dropout"):
-            _check_probability(name, getattr(self, name))
-        _check_bool("train_text_encoder", self.train_text_encoder)
-        _check_bool("dora", self.dora)
-        if self.text_encoder_lr is not None:
-            lr = self.text_encoder_lr
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
-                raise _fail("text_encoder_lr", f"must be a number >= 0 or absent, got {lr!r}")
-        _check_int("conv_rank", self.conv_rank, 0)
-        _check_positive("conv_alpha", self.conv_alpha)
+        check_options(self, RULES)
         self._check_targets()
 
     def _check_targets(self) -> None:

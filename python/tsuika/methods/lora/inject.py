@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
+from tsuika.torch_utils import replace_submodule
+
 from .config import LoraConfig
 from .layers import LAYER_TYPES, LoraLayer
 
@@ -84,12 +86,6 @@ def find_targets(root: nn.Module, patterns: Iterable[str]) -> list[str]:
     return found
 
 
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, child, module)
-
-
 def inject(root: nn.Module, patterns: Iterable[str], make: LayerFactory) -> dict[str, LoraLayer]:
     """Wrap every matching module; idempotent. Returns ``{path: layer}`` for all matches."""
     wrapped: dict[str, LoraLayer] = {}
@@ -97,7 +93,7 @@ def inject(root: nn.Module, patterns: Iterable[str], make: LayerFactory) -> dict
         module = root.get_submodule(path)
         if not isinstance(module, LoraLayer):
             module = make(path, module)
-            _set_module(root, path, module)
+            replace_submodule(root, path, module)
         wrapped[path] = module
     return wrapped
 
@@ -113,7 +109,7 @@ def remove(root: nn.Module) -> list[str]:
     for path in paths:
         layer = root.get_submodule(path)
         layer.unmerge()
-        _set_module(root, path, layer.base_layer)
+        replace_submodule(root, path, layer.base_layer)
     return paths
 
 

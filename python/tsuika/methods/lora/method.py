@@ -9,30 +9,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from tsuika.errors import ConfigError
 from tsuika.formats.diffusers_lora import save_diffusers_lora
 from tsuika.formats.kohya_lora import (
     LoraWeights,
-    kohya_key,
     load_kohya_lora,
     parse_kohya_state_dict,
     save_kohya_lora,
     training_metadata,
 )
+from tsuika.methods.base import Method
 from tsuika.models.base import BaseModel
 
 from . import inject
 from .config import LoraConfig
 from .layers import LoraLayer
+from .names import kohya_name
 
-# component -> (attribute on BaseModel, kohya prefix)
-COMPONENTS: dict[str, tuple[str, str]] = {
-    "unet": ("unet", "lora_unet"),
-    "text_encoder": ("text_encoder", "lora_te"),
-}
+# the text encoders a model may have (attributes on BaseModel; SDXL has both)
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
-class LoraMethod:
-    """LoRA / LoCon / DoRA on the UNet (and optionally the text encoder).
+class LoraMethod(Method):
+    """LoRA / LoCon / DoRA on the UNet (and optionally the text encoder(s): both on SDXL).
 
     ``max_norm`` > 0 applies kohya's ``scale_weight_norms`` after every step.
     """
@@ -47,19 +46,25 @@ class LoraMethod:
         self.steps = 0
         self.last_norms: tuple[int, float, float] | None = None
 
+    def set_max_norm(self, max_norm: float) -> None:
+        """``training.max_norm``: applied to every module in :meth:`after_step`."""
+        self.max_norm = float(max_norm)
+
     # --- hooking in -------------------------------------------------------------------------
 
     def prepare(self, model: BaseModel) -> None:
         """Freeze the base model and wrap the target modules (idempotent)."""
         self.model = model
-        for part in (model.unet, model.vae, model.text_encoder):
+        for part in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
             if isinstance(part, nn.Module):
                 part.requires_grad_(False)
         make = inject.layer_factory(self.config)
         self.layers = {"unet": inject.inject(model.unet, inject.unet_patterns(self.config), make)}
         if self.config.train_text_encoder:
-            te = inject.inject(model.text_encoder, inject.TEXT_ENCODER_TARGETS, make)
-            self.layers["text_encoder"] = te
+            for component in TEXT_ENCODERS:
+                root = getattr(model, component)
+                if root is not None:
+                    self.layers[component] = inject.inject(root, inject.TEXT_ENCODER_TARGETS, make)
         for layers in self.layers.values():
             for layer in layers.values():
                 for param in _own_params(layer):
@@ -74,11 +79,14 @@ class LoraMethod:
         return {c: sorted(layers) for c, layers in self.layers.items()}
 
     def named_layers(self) -> Iterator[tuple[str, LoraLayer]]:
-        """``(kohya module name, layer)`` for every wrapped module."""
+        """``(kohya module name, layer)`` for every wrapped module (names per model family,
+        see :mod:`tsuika.methods.lora.names`)."""
+        model = self.model
+        if model is None:
+            return
         for component, layers in self.layers.items():
-            prefix = COMPONENTS[component][1]
             for path, layer in layers.items():
-                yield kohya_key(prefix, path), layer
+                yield kohya_name(model, component, path), layer
 
     def parameters(self, component: str | None = None) -> list[nn.Parameter]:
         comps = [component] if component else list(self.layers)
@@ -92,9 +100,13 @@ class LoraMethod:
     def param_groups(self, learning_rate: float) -> list[dict[str, Any]]:
         self._require_prepared()
         te_lr = self.config.text_encoder_lr
-        lrs = {"unet": learning_rate, "text_encoder": learning_rate if te_lr is None else te_lr}
+        text_lr = learning_rate if te_lr is None else te_lr
         return [
-            {"params": self.parameters(c), "lr": lrs[c], "name": c}
+            {
+                "params": self.parameters(c),
+                "lr": learning_rate if c == "unet" else text_lr,
+                "name": c,
+            }
             for c in self.layers
             if self.parameters(c)
         ]
@@ -177,7 +189,7 @@ class LoraMethod:
         """Put every base layer back; the model is the base model again."""
         if self.model is not None:
             for component in self.layers:
-                inject.remove(getattr(self.model, COMPONENTS[component][0]))
+                inject.remove(getattr(self.model, component))
         self.layers = {}
 
     # --- files ------------------------------------------------------------------------------
@@ -198,20 +210,33 @@ class LoraMethod:
             extra=extra,
         )
 
+    def check_format(self, fmt: str) -> None:
+        check_lora_format(fmt, dora=self.config.dora)
+
     def save(self, out_dir: Path, name: str, fmt: str, metadata: dict[str, str]) -> Path:
         """Write ``{out_dir}/{name}.safetensors`` in ``fmt`` (see :data:`SAVERS`)."""
         self._require_prepared()
-        try:
-            saver = SAVERS[fmt]
-        except KeyError:
-            raise ValueError(
-                f"output.format = {fmt!r} is not a LoRA format; allowed: {', '.join(SAVERS)}"
-            ) from None
+        self.check_format(fmt)
+        saver = SAVERS[fmt]
         return saver(self, Path(out_dir) / f"{name}.safetensors", self.metadata(name, metadata))
 
     def _require_prepared(self) -> None:
         if not self.layers:
             raise RuntimeError("LoraMethod.prepare(model) has not been called")
+
+
+def check_lora_format(fmt: str, *, dora: bool) -> None:
+    """A LoRA format (:data:`SAVERS`); DoRA only in kohya's (diffusers would drop
+    ``dora_scale``, see :mod:`tsuika.formats.diffusers_lora`)."""
+    if fmt not in SAVERS:
+        raise ConfigError(
+            f"output.format = {fmt!r} is not a LoRA format; allowed: {', '.join(SAVERS)}"
+        )
+    if dora and fmt == "diffusers":
+        raise ConfigError(
+            "output.format = 'diffusers' cannot hold DoRA (diffusers drops kohya's "
+            "dora_scale): DoRA cannot be saved in the diffusers format; use 'kohya'"
+        )
 
 
 def _own_params(layer: LoraLayer) -> list[nn.Parameter]:

@@ -36,6 +36,7 @@ from torch import nn
 from tsuika.formats.kohya_lora import LoraFileError
 from tsuika.kernels import lora_linear
 from tsuika.models.base import BaseModel
+from tsuika.torch_utils import replace_submodule
 
 from .apply import _targets, read_lora_file
 from .layers import LAYER_TYPES, LoraLayer
@@ -110,19 +111,13 @@ class StackedLora(nn.Module):
         return f"rank={self.rank} ({' + '.join(map(str, self.ranks))})"
 
 
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, child = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, child, module)
-
-
 def stack(root: nn.Module, path: str, parts: Sequence[LoraLayer]) -> StackedLora:
     """Replace the module at ``path`` (a plain Linear/Conv2d) by a :class:`StackedLora`."""
     module = root.get_submodule(path)
     if isinstance(module, (LoraLayer, StackedLora)):
         raise ValueError(f"{path} already carries a LoRA; remove it before stacking")
     layer = StackedLora(module, parts)
-    _set_module(root, path, layer)
+    replace_submodule(root, path, layer)
     return layer
 
 
@@ -134,7 +129,7 @@ def unstack(root: nn.Module) -> list[str]:
     """Put every stacked layer's base layer back; returns the paths."""
     paths = list(stacked_layers(root))
     for path in paths:
-        _set_module(root, path, root.get_submodule(path).base_layer)
+        replace_submodule(root, path, root.get_submodule(path).base_layer)
     return paths
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tsuika.checks import Rule
+from tsuika.methods.options import check_options, reject_unknown
 from tsuika.methods.options import option_error as _fail
-from tsuika.methods.options import reject_unknown
 
 # How training captions are made (see templates.py): pick a template for an
 # object or a style, or keep the dataset's captions with the placeholder put in.
@@ -19,12 +19,13 @@ MAX_VECTORS = 75
 RECOMMENDED_LEARNING_RATE = 5e-3
 
 
-def _check_text(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _fail(name, f"must be a string, got {value!r}")
-    if not value.strip():
-        raise _fail(name, "must not be empty")
-    return value
+RULES = {
+    "placeholder_token": Rule(str, nonempty=True),
+    "initializer_token": Rule(str, nonempty=True),
+    "num_vectors": Rule(int, low=1, high=MAX_VECTORS),
+    "template": Rule(str, choices=CAPTION_MODES),
+    "embedding_lr": Rule(float | None, low=0.0, open_low=True, finite=True),
+}
 
 
 @dataclass
@@ -56,28 +57,10 @@ class TextualInversionConfig:
     embedding_lr: float | None = None
 
     def __post_init__(self) -> None:
-        token = _check_text("placeholder_token", self.placeholder_token)
+        check_options(self, RULES)
+        token = self.placeholder_token
         if token != token.strip() or any(ch.isspace() for ch in token):
             raise _fail("placeholder_token", f"must be one word without spaces, got {token!r}")
-        _check_text("initializer_token", self.initializer_token)
-        n = self.num_vectors
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise _fail("num_vectors", f"must be an integer, got {n!r}")
-        if not 1 <= n <= MAX_VECTORS:
-            raise _fail("num_vectors", f"must be in 1..{MAX_VECTORS}, got {n}")
-        if self.template not in CAPTION_MODES:
-            raise _fail(
-                "template",
-                f"must be one of {', '.join(map(repr, CAPTION_MODES))}, got {self.template!r}",
-            )
-        lr = self.embedding_lr
-        if lr is not None and (
-            isinstance(lr, bool)
-            or not isinstance(lr, (int, float))
-            or not math.isfinite(lr)
-            or lr <= 0
-        ):
-            raise _fail("embedding_lr", f"must be a finite number > 0 or absent, got {lr!r}")
 
     @property
     def tokens(self) -> list[str]:

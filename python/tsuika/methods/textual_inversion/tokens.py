@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from tsuika.errors import TsuikaError
 
-class PlaceholderError(ValueError):
+
+class PlaceholderError(TsuikaError, ValueError):
     """The placeholder or initializer token does not fit the tokenizer; names the field."""
 
 

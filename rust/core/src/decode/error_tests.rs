@@ -228,3 +228,40 @@ proptest! {
         never_panics(&data);
     }
 }
+
+/// Found by fuzzing (fuzz/crashers/webp/): a WebP whose EXIF chunk claims
+/// more bytes than the file holds made the decoder allocate what it claimed
+/// (up to 4 GiB). The orientation is now read in place; a lying chunk is upright.
+#[test]
+fn webp_exif_chunk_claiming_more_than_the_file_is_upright() {
+    let simple = encode(&DynamicImage::ImageRgb8(quadrants(64, 32)), ImageFormat::WebP);
+    let good = webp_with_exif(&simple, (64, 32), 6);
+    assert_eq!(super::raster::webp_exif_orientation(&good), 6);
+    let at = good.windows(4).rposition(|w| w == b"EXIF").unwrap();
+    let mut lying = good.clone();
+    lying[at + 4..at + 8].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    assert_eq!(super::raster::webp_exif_orientation(&lying), 1);
+    let info = probe_bytes(&lying, Path::new("lying.webp"), &opts()).unwrap();
+    assert_eq!((info.width, info.height, info.orientation), (64, 32, 1));
+    assert_eq!(full(&lying).unwrap().image.dimensions(), (64, 32));
+    assert_eq!(super::raster::webp_exif_orientation(&good[..at + 6]), 1);
+}
+
+/// Found by fuzzing (fuzz/crashers/webp/bitstream-larger-than-canvas): a 13 x 9
+/// canvas whose VP8 bitstream claims 12325 x 13314 made image-webp allocate the
+/// bitstream's size. Every bitstream is now held to the pixel limit, before
+/// any decoder exists.
+#[test]
+fn webp_bitstream_larger_than_its_canvas_is_refused_before_decoding() {
+    let bytes = include_bytes!("../../../../fuzz/crashers/webp/bitstream-larger-than-canvas");
+    assert_eq!(super::raster::webp_bitstream_sizes(bytes), vec![(12325, 13314)]);
+    let small = DecodeOptions {
+        max_pixels: 1024 * 1024,
+        ..Default::default()
+    };
+    let err = decode_bytes(bytes, Path::new("x.webp"), &small).unwrap_err();
+    assert_eq!(err.kind(), "too_large");
+    // A real WebP's bitstream is its canvas.
+    let simple = encode(&DynamicImage::ImageRgb8(quadrants(64, 32)), ImageFormat::WebP);
+    assert_eq!(super::raster::webp_bitstream_sizes(&simple), vec![(64, 32)]);
+}

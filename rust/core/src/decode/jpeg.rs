@@ -17,7 +17,7 @@ use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor};
 use super::pixels::{cmyk_to_rgb_in_place, orient};
 use super::{check_pixels, corrupt, unsupported, upright_size, DecodeOptions, Decoded};
 use crate::error::{Error, Result};
-use crate::probe::{Format, ImageInfo};
+use crate::format::{Format, ImageInfo};
 
 /// Guard against progressive JPEGs crafted with thousands of scans
 /// (libjpeg-turbo's advice in "Two Issues with the JPEG Standard").
@@ -157,7 +157,7 @@ fn decompress(
         PixelFormat::RGB
     };
     let pitch = width as usize * format.size();
-    let mut pixels = vec![0u8; pitch * height as usize];
+    let mut pixels = super::take_buffer(pitch * height as usize);
     let output = Image {
         pixels: pixels.as_mut_slice(),
         width: width as usize,

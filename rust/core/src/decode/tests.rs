@@ -460,3 +460,23 @@ fn exif_orientation_reader_ignores_garbage() {
         assert_eq!(exif_orientation(&bytes), want, "{name}");
     }
 }
+
+/// A recycled buffer is what the next JPEG decode on the thread writes into,
+/// and its stale bytes never show: the picture equals a fresh decode.
+#[test]
+fn jpeg_decode_reuses_a_recycled_buffer_and_overwrites_all_of_it() {
+    let bytes = jpeg(&quadrants(64, 48));
+    let fresh = full(&bytes).unwrap().image;
+    let stale = vec![0xABu8; 64 * 48 * 3 + 999];
+    let ptr = stale.as_ptr();
+    recycle(stale);
+    let reused = full(&bytes).unwrap().image;
+    assert_eq!(reused.as_raw().as_ptr(), ptr, "the recycled allocation was used");
+    assert_eq!(reused, fresh);
+    // Too big a buffer is not kept; a smaller one does not replace a bigger one.
+    recycle(Vec::with_capacity(MAX_RECYCLED_BYTES + 1));
+    assert!(take_buffer(1).capacity() <= MAX_RECYCLED_BYTES);
+    recycle(vec![0u8; 1000]);
+    recycle(vec![0u8; 16]);
+    assert_eq!(take_buffer(1).capacity(), 1000);
+}

@@ -61,11 +61,58 @@ fn degraded(img: &RgbImage, seed: u64) -> RgbImage {
 type Hash = fn(&RgbImage) -> u64;
 const HASHES: [(&str, Hash); 2] = [("dhash", dhash), ("phash", phash)];
 
+/// `img` compressed as a 4:2:0 JPEG at `quality` and decoded back by our decoder.
+fn reencoded(img: &RgbImage, quality: i32) -> RgbImage {
+    let mut c = turbojpeg::Compressor::new().expect("compressor");
+    c.set_quality(quality).expect("quality");
+    c.set_subsamp(turbojpeg::Subsamp::Sub2x2).expect("subsamp");
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let bytes = c
+        .compress_to_vec(turbojpeg::Image {
+            pixels: img.as_raw().as_slice(),
+            width: w,
+            pitch: 3 * w,
+            height: h,
+            format: turbojpeg::PixelFormat::RGB,
+        })
+        .expect("compress");
+    crate::decode::testimg::full(&bytes).expect("decode").image
+}
+
+/// The data validator's near-duplicate threshold (`DHASH_MAX_DISTANCE`,
+/// `PHASH_MAX_DISTANCE` in `tsuika.data.validate`): what a user re-saves or re-scales
+/// must stay within it, an unrelated picture beyond it.
+const NEAR: u32 = 10;
+
 #[test]
-fn identical_images_hash_equal() {
-    let img = scene(1, 200, 150);
-    for (name, hash) in HASHES {
-        assert_eq!(hamming(hash(&img), hash(&img.clone())), 0, "{name}");
+fn reencoding_and_small_resizes_keep_the_hash() {
+    let others: Vec<RgbImage> = (0..8).map(|s| scene(s + 500, 256, 192)).collect();
+    for seed in 0..8 {
+        let img = scene(seed, 256, 192);
+        let variants = [
+            ("JPEG q90", reencoded(&img, 90)),
+            ("JPEG q40", reencoded(&img, 40)),
+            ("JPEG q90 then q60", reencoded(&reencoded(&img, 90), 60)),
+            ("shrunk to 90%", resize_exact(&img, 230, 173).unwrap()),
+            ("grown to 125%", resize_exact(&img, 320, 240).unwrap()),
+            ("halved", resize_exact(&img, 128, 96).unwrap()),
+        ];
+        for (name, hash) in HASHES {
+            let h = hash(&img);
+            let nearest_other = others.iter().map(|o| hamming(h, hash(o))).min().unwrap();
+            assert!(
+                nearest_other > 10,
+                "{name} seed {seed}: another scene at {nearest_other}"
+            );
+            for (what, v) in &variants {
+                let d = hamming(h, hash(v));
+                assert!(d <= NEAR, "{name} seed {seed} {what}: distance {d}");
+                assert!(
+                    d < nearest_other,
+                    "{name} seed {seed} {what}: {d} >= {nearest_other}"
+                );
+            }
+        }
     }
 }
 
