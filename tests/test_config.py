@@ -125,6 +125,13 @@ def _err(tmp_path: Path, text: str, overrides: list[str] | None = None) -> str:
         ("[data]\ncolor_jitter = 1.5\n", ["data.color_jitter", "<= 1"]),
         ("[data]\ncaption_dropout = 2\n", ["data.caption_dropout", "<= 1"]),
         ("[validation]\nsplit = 0.95\n", ["validation.split", "<= 0.9"]),
+        ("[validation]\nsplit = 0.1\nsmoothing = 1.0\n", ["validation.smoothing", "<= 0.95"]),
+        ("[validation]\nsplit = 0.1\ndraws = 0\n", ["validation.draws", ">= 1"]),
+        ("[validation]\nsplit = 0.1\nmin_steps = -5\n", ["validation.min_steps", ">= 0"]),
+        (
+            "[training]\nsteps = 40\n[validation]\nsplit = 0.1\nmin_steps = 40\n",
+            ["validation.min_steps (40)", "training.steps (40)"],
+        ),
         ("[training]\nsteps = [\n", ["not valid TOML"]),
         ("training = 3\n", ["[training]", "table"]),
     ],

@@ -98,6 +98,50 @@ def test_validation_loss_is_deterministic_and_leaves_the_rng_and_modes_alone(
         trainer.close()
 
 
+def test_more_noise_draws_average_the_one_draw_loss_with_new_draws(
+    tiny_model: Path, dataset: Path, val_folder: Path, tmp_path: Path
+) -> None:
+    losses = {}
+    for draws in (1, 2):
+        validation = {"folder": str(val_folder), "draws": draws}
+        cfg = config_from_dict(
+            config(tiny_model, dataset, tmp_path / f"d{draws}", validation=validation)
+        )
+        trainer = loop.Trainer(cfg)
+        try:
+            validator = trainer.validation.validator
+            losses[draws] = validator.loss()
+            assert validator.loss() == losses[draws]  # deterministic with any number of draws
+            if draws == 2:  # draw 0 is the one-draw loss; the second draw is new noise
+                validator.draws = 1
+                assert validator.loss() == losses[1]
+        finally:
+            trainer.close()
+    assert losses[2] != losses[1]
+
+
+def test_caption_gain_is_the_loss_with_captions_minus_the_loss_without(
+    tiny_model: Path, dataset: Path, val_folder: Path, tmp_path: Path
+) -> None:
+    validation = {"folder": str(val_folder), "metric": "caption_gain", "timesteps": 2}
+    cfg = config_from_dict(config(tiny_model, dataset, tmp_path / "g", validation=validation))
+    trainer = loop.Trainer(cfg)
+    try:
+        validator = trainer.validation.validator
+        loss = validator.loss()
+        gain = validator.caption_gain()
+        blank = Validator(trainer, trainer.validation.index)
+        blank.items = [(key, bucket, "") for key, bucket, _ in blank.items]
+        assert gain == pytest.approx(loss - blank.loss(), rel=1e-6)
+        assert gain != 0.0  # the captions change the prediction
+    finally:
+        trainer.close()
+    summary = loop.train(cfg)  # a run follows the gain and records both curves
+    assert summary["val_metric"] == "caption_gain"
+    assert [s for s, _ in summary["val_score"]] == [s for s, _ in summary["val_loss"]] == [4]
+    assert summary["best_val_loss"] == summary["val_score"][0][1]
+
+
 def test_validation_does_not_change_the_trained_weights(
     tiny_model: Path, dataset: Path, val_folder: Path, tmp_path: Path
 ) -> None:

@@ -10,7 +10,7 @@ from PIL import Image
 from tsuika.data.scan import DatasetError, DatasetIndex, ImageItem
 from tsuika.data.split import fold_indices, item_key, split_indices
 from tsuika.training.cv import aggregate, recommend
-from tsuika.training.early_stop import EarlyStopping, overfit_warning
+from tsuika.training.early_stop import EarlyStopping, overfit_warning, replay
 from tsuika.training.plot import Chart, Series, line_chart, nice_ticks, plot_losses
 from tsuika.training.validation import fixed_timesteps
 
@@ -93,6 +93,42 @@ def test_early_stopping(
     restored = EarlyStopping(patience, min_delta)
     restored.load_state(early.state())
     assert restored == early
+
+
+# A falling curve with one lucky dip at step 2 (a noisy evaluation) before the true
+# minimum at step 5; the raw rule keeps the dip and stops at step 4.
+DIP = [[1, 1.0], [2, 0.6], [3, 0.8], [4, 0.75], [5, 0.62], [6, 0.66], [7, 0.7], [8, 0.8]]
+
+
+@pytest.mark.parametrize(
+    ("patience", "smoothing", "min_steps", "kept", "stop"),
+    [
+        (2, 0.0, 0, 2, 4),  # raw: the dip wins, the run stops two evaluations later
+        (2, 0.5, 0, 6, 8),  # EMA 1.0 .8 .8 .775 .6975 .67875 .689: lags the minimum by one
+        (2, 0.0, 3, 5, 7),  # evaluations before step 3 are no candidates
+        (None, 0.0, 0, 2, None),  # no patience: the lowest raw value, no stop
+    ],
+)
+def test_smoothing_and_min_steps_skip_a_lucky_dip(
+    patience: int | None, smoothing: float, min_steps: int, kept: int, stop: int | None
+) -> None:
+    assert replay(DIP, patience, 0.0, smoothing, min_steps) == (kept, stop)
+    early = EarlyStopping(patience, 0.0, smoothing, min_steps)  # the loop's incremental use
+    for step, loss in DIP[:4]:
+        early.update(step, loss)
+    restored = EarlyStopping(patience, 0.0, smoothing, min_steps)
+    restored.load_state(early.state())  # resumed mid-run, the smoothed value goes with it
+    for step, loss in DIP[4:]:
+        early.update(step, loss)
+        restored.update(step, loss)
+    assert restored == early and early.best_step == kept
+
+
+def test_smoothed_curve_ignores_nan_and_still_counts_it_as_no_improvement() -> None:
+    early = EarlyStopping(2, 0.0, 0.5)
+    for step, loss in [[1, 1.0], [2, math.nan], [3, math.nan]]:
+        early.update(step, loss)
+    assert early.smoothed == 1.0 and early.best_step == 1 and early.should_stop
 
 
 TRAIN_FALLING = [[s, 1.0 - 0.01 * s] for s in range(1, 51)]

@@ -126,9 +126,19 @@ class ValidationConfig:
     ``split`` (a fraction of the dataset's images, chosen by a seeded hash of
     their relative paths) or ``folder`` (a dataset folder of its own) turns it
     on; ``every`` steps (and at the last step) the deterministic validation
-    loss is computed over ``timesteps`` fixed timesteps per image. ``patience``
-    (evaluations without an improvement larger than ``min_delta``) stops early;
-    absent = off. ``overfit_window`` is the K of the overfitting warning.
+    loss is computed over ``timesteps`` fixed timesteps per image, ``draws``
+    noises each. ``patience`` (evaluations without an improvement larger than
+    ``min_delta``) stops early; absent = off. Early stopping and the ``-best``
+    file follow the curve smoothed by ``smoothing`` (the weight of the previous
+    smoothed value in an exponential moving average; 0 = the raw loss) and
+    start at step ``min_steps`` (evaluations before it neither count as best
+    nor use up patience). ``metric`` is what they minimise: ``"loss"``, or
+    ``"caption_gain"``, the loss with each picture's caption minus the loss with
+    an empty caption (same noises; negative when the caption helps): it falls
+    while the caption's words bind to what the pictures show, and does not
+    follow the drift of the whole model's denoising that a full fine-tune
+    (DreamBooth) shows in the plain loss. ``overfit_window`` is the K of the
+    overfitting warning.
     """
 
     split: float = field(default=0.0, metadata={"min": 0.0, "max": 0.9})
@@ -137,6 +147,10 @@ class ValidationConfig:
     patience: int | None = field(default=None, metadata={"min": 1})
     min_delta: float = _min(0.0, 0.0)
     timesteps: int = _min(4, 1)
+    draws: int = _min(1, 1)
+    smoothing: float = field(default=0.0, metadata={"min": 0.0, "max": 0.95})
+    min_steps: int = _min(0, 0)
+    metric: str = _choices("loss", "caption_gain", default="loss")
     overfit_window: int = _min(3, 1)
 
     @property
@@ -383,6 +397,12 @@ def _check_consistency(cfg: RunConfig, where: str) -> None:
         raise ConfigError(
             f"{where}: validation.patience needs a validation set; "
             "set validation.split (e.g. 0.1) or validation.folder"
+        )
+    v, steps = cfg.validation, cfg.training.steps
+    if v.enabled and v.min_steps >= steps:
+        raise ConfigError(
+            f"{where}: validation.min_steps ({v.min_steps}) must be below training.steps "
+            f"({steps}): no step could be kept as the best; lower it with the steps"
         )
     from tsuika.training.optim import check_optimizer_name
 

@@ -3,7 +3,16 @@
 * Early stopping (as Keras' ``EarlyStopping`` / kohya's absence of it): an
   evaluation *improves* when its loss is below the best so far by more than
   ``min_delta``; after ``patience`` evaluations in a row without an
-  improvement the run stops. A NaN loss never improves.
+  improvement the run stops. A NaN loss never improves. The loss it compares
+  is the raw validation loss, or with ``smoothing`` s its exponential moving
+  average ``m_k = s m_{k-1} + (1 - s) loss_k`` (``m_1 = loss_1``; a NaN
+  loss leaves ``m`` as it was and counts as no improvement). Evaluations
+  before ``min_steps`` update the average but neither count as best nor use
+  up patience: the first steps of a run, before the concept is learned, are
+  not candidates (a DreamBooth's loss can be lowest at its very first
+  evaluation, ``benches/README.md``). :func:`replay` runs the
+  same rule over a recorded curve (validation never disturbs training, so a
+  run without patience records every choice a run with it would make).
 * The overfitting warning: validation loss rose at each of the last ``K``
   evaluations (``K + 1`` strictly increasing values) while the mean training
   loss of the steps leading to the last evaluation is below that of the
@@ -27,14 +36,23 @@ class EarlyStopping:
 
     patience: int | None = None
     min_delta: float = 0.0
+    smoothing: float = 0.0
+    min_steps: int = 0
     best_loss: float = math.inf
     best_step: int | None = None
     bad_evals: int = 0
+    smoothed: float | None = None
 
     def update(self, step: int, loss: float) -> bool:
         """Record one evaluation; True when it is a new best."""
-        if not math.isnan(loss) and loss < self.best_loss - self.min_delta:
-            self.best_loss, self.best_step, self.bad_evals = float(loss), int(step), 0
+        nan = math.isnan(loss)
+        if not nan:
+            s = self.smoothing
+            self.smoothed = loss if self.smoothed is None else s * self.smoothed + (1 - s) * loss
+        if step < self.min_steps:
+            return False
+        if not nan and self.smoothed < self.best_loss - self.min_delta:
+            self.best_loss, self.best_step, self.bad_evals = float(self.smoothed), int(step), 0
             return True
         self.bad_evals += 1
         return False
@@ -47,9 +65,20 @@ class EarlyStopping:
         return asdict(self)
 
     def load_state(self, state: dict[str, Any]) -> None:
-        for key in ("best_loss", "best_step", "bad_evals"):
+        for key in ("best_loss", "best_step", "bad_evals", "smoothed"):
             if key in state:
                 setattr(self, key, state[key])
+
+
+def replay(curve: Curve, patience: int | None, min_delta: float = 0.0, smoothing: float = 0.0,
+           min_steps: int = 0) -> tuple[int | None, int | None]:  # fmt: skip
+    """(the step kept as best, the step the run would stop at or None) over ``curve``."""
+    early = EarlyStopping(patience, min_delta, smoothing, min_steps)
+    for step, loss in curve:
+        early.update(int(step), float(loss))
+        if early.should_stop:
+            return early.best_step, int(step)
+    return early.best_step, None
 
 
 def _segment_mean(train: Curve, after: float, upto: float) -> float | None:

@@ -466,10 +466,15 @@ class Trainer:
         stop = v.evaluate(self.step)
         loss = v.history[-1][1]
         scalars.add({"loss/validation": loss}, self.step)
+        if v.scores:
+            scalars.add({"loss/validation_caption_gain": v.scores[-1][1]}, self.step)
         if not self.accelerator.is_main_process:
             return stop
         best = v.early.best_step
-        bar.write(f"step {self.step}: validation loss {loss:.5f} (best: step {best})", sys.stderr)
+        gain = f", caption gain {v.scores[-1][1]:.5f}" if v.scores else ""
+        bar.write(
+            f"step {self.step}: validation loss {loss:.5f}{gain} (best: step {best})", sys.stderr
+        )
         if stop:
             bar.write(
                 f"early stopping at step {self.step}: no improvement in "
