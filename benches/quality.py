@@ -15,9 +15,14 @@ never blue. The evaluator then measures, over ``--eval`` pictures per prompt:
 - composition: share for "a blue zkz on a white background" that show a blue heart;
 - prior preservation: share right (shape and colour) over three known prompts,
   with the adapted model against the base model;
-- early stopping (validation folder of 8 other concept pictures, patience 3):
-  the step it chose (lowest validation loss) against the checkpoint whose
-  pictures score the best fidelity.
+- early stopping (validation folder of 8 other concept pictures): every run
+  trains its whole budget with validation at each of ``--evaluations``
+  checkpoints and no patience, and :func:`tsuika.training.early_stop.replay`
+  gives the step a run with the rule (``--patience``, ``--smoothing``,
+  ``--min-steps``, ``--metric``) would keep -- validation never touches the
+  training RNG, so the weights up to any step are the same -- against the
+  checkpoint whose pictures score the best fidelity; the same for every rule
+  in :data:`CRITERIA` (a second table: the fidelity each loses).
 
 ``--recommended``: instead of the fixed recipes, each method's data is given
 to ``tsuika recommend`` with the purpose it stands for (Textual Inversion's 4
@@ -86,8 +91,24 @@ def specs(root: Path) -> dict[str, Spec]:
     }  # fmt: skip
 
 
-def run_config(base: Path, data: Path, val: Path, out: Path, name: str, spec: Spec, seed: int):
-    every = max(1, spec.steps // 8)
+@dataclass
+class Validation:
+    """How the bench's validation runs and how early stopping reads its curve."""
+
+    timesteps: int = 4
+    draws: int = 1
+    patience: int | None = 3
+    smoothing: float = 0.0
+    min_steps: int = 0
+    metric: str = "loss"  # or "caption_gain"
+    evaluations: int = 8  # per run; a checkpoint at each
+
+
+def run_config(base: Path, data: Path, val: Path, out: Path, name: str, spec: Spec, seed: int,
+               v: Validation):  # fmt: skip
+    """The run's config: the full step budget with validation recorded, no stopping
+    (``replay`` gives the step each criterion keeps from the same curve)."""
+    every = max(1, spec.steps // v.evaluations)
     return {
         "model": {"path": str(base)},
         "data": {"path": str(data), "resolution": 64, "min_bucket": 64, "max_bucket": 64,
@@ -96,9 +117,51 @@ def run_config(base: Path, data: Path, val: Path, out: Path, name: str, spec: Sp
         "training": {"steps": spec.steps, "batch_size": spec.batch_size,
                      "learning_rate": spec.learning_rate, "seed": seed, "save_every": every,
                      "log_every": every},
-        "validation": {"folder": str(val), "every": every, "patience": 3},
+        # caption_gain records both curves: the loss and the gain
+        "validation": {"folder": str(val), "every": every, "timesteps": v.timesteps,
+                       "draws": v.draws, "metric": "caption_gain"},
         "output": {"dir": str(out), "name": name},
     }  # fmt: skip
+
+
+# Early-stopping criteria replayed over every run's validation curve: patience,
+# smoothing, min_steps as a share of the run's steps, and which of the fixed
+# timesteps the loss averages ("all"; "high": the noisier half, where the layout
+# and the shape are decided; "low": the other half; "gain": not the loss but the
+# caption gain, validation.metric = "caption_gain"). "last step": no early stopping.
+CRITERIA: dict[str, tuple[int | None, float, float, str] | None] = {
+    "raw, patience 3": (3, 0.0, 0.0, "all"),
+    "raw, patience 5": (5, 0.0, 0.0, "all"),
+    "ema 0.5, patience 3": (3, 0.5, 0.0, "all"),
+    "ema 0.7, patience 3": (3, 0.7, 0.0, "all"),
+    "raw, patience 3, from 1/4": (3, 0.0, 0.25, "all"),
+    "ema 0.7, patience 3, from 1/4": (3, 0.7, 0.25, "all"),
+    "high timesteps, patience 3": (3, 0.0, 0.0, "high"),
+    "low timesteps, patience 3": (3, 0.0, 0.0, "low"),
+    "caption gain, patience 3": (3, 0.0, 0.0, "gain"),
+    "caption gain, patience 3, from 1/4": (3, 0.0, 0.25, "gain"),
+    "lowest loss, no stopping": (None, 0.0, 0.0, "all"),
+    "last step": None,
+}
+
+
+def timestep_curve(summary: dict[str, Any], which: str) -> list[list[float]]:
+    """The validation curve averaged over ``which`` of the run's fixed timesteps."""
+    if which == "all":
+        return [[s, x] for s, x in summary.get("val_loss") or []]
+    if which == "gain":
+        return (
+            [[s, x] for s, x in summary.get("val_score") or []]
+            if summary.get("val_metric") == "caption_gain"
+            else []
+        )
+    if "val_loss_timesteps" not in summary:  # no validation in this run
+        return []
+    timesteps = summary["val_loss_timesteps"]
+    half = len(timesteps) // 2
+    slots = range(half, len(timesteps)) if which == "high" else range(half)
+    return [[s, sum(x[i] for i in slots) / len(slots)]
+            for s, x in summary.get("val_loss_by_timestep") or []]  # fmt: skip
 
 
 def adapted_model(base: Path, name: str, table: dict[str, Any], checkpoint: Path):
@@ -152,45 +215,67 @@ def concept_data(name: str, spec: Spec, root: Path, seed: int):
 
 
 def train_and_score(method: str, table: dict[str, Any], config, folder: Path, concept,
-                    base: Path, evaluator, n: int, log) -> dict[str, Any]:  # fmt: skip
-    """Train ``config``, score every checkpoint's fidelity and the last one fully."""
+                    base: Path, evaluator, n: int, v: Validation, log) -> dict[str, Any]:  # fmt: skip
+    """Train ``config``, score every checkpoint's fidelity, the last one fully, and
+    which checkpoint each early-stopping criterion keeps."""
     import tsuika
     from tsuika.demo import sample, share
+    from tsuika.training.early_stop import replay
 
     start = time.time()
     summary = tsuika.train(config)
     seconds = time.time() - start
-    log(f"{folder.name}: trained {summary['steps_done']} steps in {seconds:.0f}s, "
-        f"best_step {summary.get('best_step')}")  # fmt: skip
+    log(f"{folder.name}: trained {summary['steps_done']} steps in {seconds:.0f}s")
     out = folder / "out" / "checkpoints"
     curve = {}
     for ckpt in sorted(out.glob("step-*"), key=lambda p: int(p.name[5:])):
         model = adapted_model(base, method, table, ckpt)
         curve[int(ckpt.name[5:])] = share(
-            evaluator, sample(model, concept.prompt, 8), shape=concept.shape
+            evaluator, sample(model, concept.prompt, n), shape=concept.shape
         )
     if not curve:
         raise RuntimeError(f"{out}: no checkpoints to evaluate")
     last = max(curve)
     final = scores(adapted_model(base, method, table, out / f"step-{last}"), evaluator, concept, n)
     best_scoring = max(curve, key=lambda s: (curve[s], -s))
+    val_curve = [[s, x] for s, x in timestep_curve(summary, "all") if int(s) in curve]
+    steps = summary["steps_done"]
+    criteria = {}
+    for name, rule in CRITERIA.items():
+        if rule is None:
+            kept, stop = last, None
+        else:
+            patience, smoothing, share_of_run, which = rule
+            points = [[s, x] for s, x in timestep_curve(summary, which) if int(s) in curve]
+            kept, stop = replay(points, patience, 0.0, smoothing, round(share_of_run * steps))
+        criteria[name] = {"kept": kept, "stop": stop,
+                          "gap": None if kept is None else round(curve[best_scoring] - curve[kept], 4)}  # fmt: skip
+    which = "gain" if v.metric == "caption_gain" else "all"
+    points = [[s, x] for s, x in timestep_curve(summary, which) if int(s) in curve]
+    kept, stop = replay(points, v.patience, 0.0, v.smoothing, v.min_steps)
+    log(
+        f"{folder.name}: early stopping keeps step {kept} (stops at {stop}); best-scoring {best_scoring}"
+    )
     return {
-        "status": "ok", "steps_done": summary["steps_done"], "train_seconds": round(seconds, 1),
-        **final, "early_stop_step": summary.get("best_step"),
-        "stopped_early": summary.get("stopped_early"), "best_scoring_step": best_scoring,
-        "fidelity_by_step": curve,
+        "status": "ok", "steps_done": steps, "train_seconds": round(seconds, 1),
+        **final, "early_stop_step": kept, "stopped_early": stop is not None, "stop_step": stop,
+        "best_scoring_step": best_scoring, "fidelity_by_step": curve,
+        "kept_fidelity": None if kept is None else curve[kept], "val_loss": val_curve,
+        "val_caption_gain": timestep_curve(summary, "gain"),
+        "criteria": criteria,
     }  # fmt: skip
 
 
-def run_method(name: str, spec: Spec, base: Path, root: Path, evaluator, n: int, seed: int, log):
+def run_method(name: str, spec: Spec, base: Path, root: Path, evaluator, n: int, seed: int,
+               v: Validation, log):  # fmt: skip
     """The fixed recipe of ``specs`` for ``name``."""
     from tsuika.methods.registry import METHODS
 
     if name not in METHODS:
         return {"status": "not available"}
     concept, folder, data, val = concept_data(name, spec, root, seed)
-    config = run_config(base, data, val, folder / "out", name, spec, seed)
-    result = train_and_score(name, spec.table, config, folder, concept, base, evaluator, n, log)
+    config = run_config(base, data, val, folder / "out", name, spec, seed, v)
+    result = train_and_score(name, spec.table, config, folder, concept, base, evaluator, n, v, log)
     return {**result, "note": spec.note}
 
 
@@ -199,8 +284,9 @@ def run_recommended(name: str, spec: Spec, base: Path, root: Path, evaluator, n:
     """``tsuika recommend --write`` on ``name``'s data for its purpose, trained as written.
 
     Only what does not change training is overridden: the output folder, the
-    checkpoint interval (eight checkpoints for the fidelity curve) and, with
-    ``--steps-scale``, the step count (and the validation interval with it).
+    checkpoint and validation interval (eight checkpoints for the fidelity
+    curve) and, with ``--steps-scale``, the step count. Its early stopping is
+    replayed over the whole run's validation curve, as in the fixed recipes.
     """
     from tsuika.config import load_config
     from tsuika.recommend import recommend, write_config
@@ -217,11 +303,17 @@ def run_recommended(name: str, spec: Spec, base: Path, root: Path, evaluator, n:
     overrides = [f"output.dir={folder / 'out'}", f"training.steps={steps}",
                  f"training.save_every={every}", f"training.seed={seed}"]  # fmt: skip
     if decision.config().get("validation", {}).get("split"):
-        overrides.append(f"validation.every={max(1, steps // 10)}")
+        overrides.append(f"validation.every={every}")
+        start = decision.value("validation.min_steps") * steps / decision.value("training.steps")
+        overrides.append(f"validation.min_steps={round(start)}")  # scaled with the steps
     config = load_config(path, overrides)
+    cv = config.validation
+    v = Validation(cv.timesteps, cv.draws, cv.patience, cv.smoothing, cv.min_steps, cv.metric)
+    cv.patience = None  # the whole curve; ``v`` replays the recommended rule over it
+    cv.metric = "caption_gain"  # records the gain beside the loss for the criteria table
     table = config.method.options
     result = train_and_score(config.method.name, table, config, folder, concept, base,
-                             evaluator, n, log)  # fmt: skip
+                             evaluator, n, v, log)  # fmt: skip
     images = decision.dataset.unique
     return {**result, "note": f"{purpose}: {decision.method}, {images} pictures",
             "config": str(path), "recommended": decision.to_json()["settings"]}  # fmt: skip
@@ -229,7 +321,8 @@ def run_recommended(name: str, spec: Spec, base: Path, root: Path, evaluator, n:
 
 def table(results: dict[str, dict[str, Any]], base_scores: dict[str, float]) -> str:
     head = ("| method | data | steps | fidelity | composition | prior (base {:.2f}) "
-            "| early-stop step | best-scoring step |").format(base_scores["prior"])  # fmt: skip
+            "| early-stop step (fidelity) | best-scoring step (fidelity) |"
+            ).format(base_scores["prior"])  # fmt: skip
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     lines.append(f"| base model | - | - | {base_scores['fidelity']:.2f} | "
                  f"{base_scores['composition']:.2f} | {base_scores['prior']:.2f} | - | - |")  # fmt: skip
@@ -237,12 +330,35 @@ def table(results: dict[str, dict[str, Any]], base_scores: dict[str, float]) -> 
         if r["status"] != "ok":
             lines.append(f"| {name} | {r['status']} | | | | | | |")
             continue
-        step = r["early_stop_step"]
-        stop = ("off" if step is None else f"{step}") + (" (stopped)" if r["stopped_early"] else "")
+        step, curve = r["early_stop_step"], r["fidelity_by_step"]
+        kept = "off" if step is None else f"{step} ({curve[step]:.2f})"
+        if r["stop_step"] is not None:
+            kept += f", stops at {r['stop_step']}"
+        best = r["best_scoring_step"]
         lines.append(
             f"| {name} | {r['note']} | {r['steps_done']} | {r['fidelity']:.2f} | "
-            f"{r['composition']:.2f} | {r['prior']:.2f} | {stop} | {r['best_scoring_step']} |"
+            f"{r['composition']:.2f} | {r['prior']:.2f} | {kept} | {best} ({curve[best]:.2f}) |"
         )
+    return "\n".join(lines)
+
+
+def criteria_table(results: dict[str, dict[str, Any]]) -> str:
+    """Per early-stopping criterion: the fidelity it loses against the best checkpoint."""
+    ok = {name: r for name, r in results.items() if r["status"] == "ok"}
+    head = "| criterion | " + " | ".join(ok) + " | worst gap |"
+    lines = [head, "|---" * (len(ok) + 2) + "|"]
+    for criterion in CRITERIA:
+        cells, gaps = [], []
+        for r in ok.values():
+            c = r["criteria"][criterion]
+            if c["kept"] is None:
+                cells.append("-")
+                continue
+            gaps.append(c["gap"])
+            stop = f", stops {c['stop']}" if c["stop"] is not None else ""
+            cells.append(f"{c['kept']}{stop}: -{c['gap']:.2f}")
+        worst = f"{max(gaps):.2f}" if gaps else "-"
+        lines.append(f"| {criterion} | " + " | ".join(cells) + f" | {worst} |")
     return "\n".join(lines)
 
 
@@ -259,7 +375,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train what `tsuika recommend --write` chooses for each method's data instead",
     )
+    d = Validation()
+    parser.add_argument("--val-timesteps", type=int, default=d.timesteps)
+    parser.add_argument("--val-draws", type=int, default=d.draws)
+    parser.add_argument("--patience", type=int, default=d.patience)
+    parser.add_argument("--smoothing", type=float, default=d.smoothing)
+    parser.add_argument("--min-steps", type=int, default=d.min_steps)
+    parser.add_argument("--metric", choices=("loss", "caption_gain"), default=d.metric)
+    parser.add_argument("--evaluations", type=int, default=d.evaluations,
+                        help="validations (and checkpoints) per run")  # fmt: skip
     args = parser.parse_args(argv)
+    v = Validation(args.val_timesteps, args.val_draws, args.patience, args.smoothing,
+                   args.min_steps, args.metric, args.evaluations)  # fmt: skip
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     all_specs = specs(args.out)
     for name in names:
@@ -288,14 +415,17 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.eval, args.seed, args.steps_scale, log)  # fmt: skip
             else:
                 results[name] = run_method(
-                    name, spec, base, args.out, evaluator, args.eval, args.seed, log
+                    name, spec, base, args.out, evaluator, args.eval, args.seed, v, log
                 )
         except Exception as exc:  # a method that crashes is reported, not hidden
             log(traceback.format_exc())
             results[name] = {"status": f"failed: {type(exc).__name__}: {str(exc)[:80]}"}
         # after every method, so that a long run that is stopped keeps what it measured
         (args.out / "quality.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc, indent=2) if args.json else table(results, base_scores))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(table(results, base_scores) + "\n\n" + criteria_table(results))
     return 0
 
 

@@ -32,13 +32,23 @@ def test_every_method_runs_and_is_scored(quality, tmp_path: Path, capsys) -> Non
     assert set(doc["methods"]) == {"textual_inversion", "lora", "dreambooth", "hypernetwork"}
     for name, result in doc["methods"].items():
         assert result["status"] == "ok", (name, result)
-        # max(8, 2% of the steps), validated every step: early stopping may end it sooner
-        assert 1 <= result["steps_done"] <= 8
-        assert 1 <= result["early_stop_step"] <= result["steps_done"]
+        # max(8, 2% of the steps), validated every step; the run goes to its end and
+        # early stopping is replayed over the recorded curve
+        assert result["steps_done"] == 8
+        checkpoints = {int(k) for k in result["fidelity_by_step"]}
+        assert checkpoints == set(range(1, 9))
+        assert [s for s, _ in result["val_loss"]] == list(range(1, 9))
+        assert result["early_stop_step"] in checkpoints
+        best = result["fidelity_by_step"][str(result["best_scoring_step"])]
+        assert set(result["criteria"]) == set(quality.CRITERIA)
+        for name_, c in result["criteria"].items():
+            assert c["kept"] in checkpoints, name_
+            assert c["gap"] == pytest.approx(best - result["fidelity_by_step"][str(c["kept"])])
         for key in ("fidelity", "composition", "prior"):
             assert 0.0 <= result[key] <= 1.0, (name, key)
         assert result["best_scoring_step"] in {int(k) for k in result["fidelity_by_step"]}
         assert f"| {name} |" in table
+    assert "| raw, patience 3 |" in table and "| last step |" in table
     assert 0.0 <= doc["base"]["prior"] <= 1.0
     assert "| base model |" in table
 
