@@ -94,6 +94,9 @@ def test_every_purpose_picks_its_method(tmp_path, purpose, n, method, expected) 
     assert (cfg.validation.split > 0) == validated and (
         cfg.validation.patience is not None
     ) == validated
+    if validated:  # smoothed, and no step of the first quarter is kept
+        assert cfg.validation.smoothing == 0.7
+        assert cfg.validation.min_steps == round(cfg.training.steps / 4) > 0
 
 
 def test_text_output_names_method_problems_and_combination(tmp_path) -> None:

@@ -47,6 +47,9 @@ def test_written_config_trains(tmp_path: Path, purpose: str, n: int, method: str
     out = tmp_path / "out"
     steps = 3 if cfg.validation.split == 0 else 4
     overrides = [f"training.steps={steps}", f"output.dir={out}", "validation.every=2"]
+    if cfg.validation.split:  # the written start of early stopping is a quarter of its steps
+        assert cfg.validation.min_steps == round(cfg.training.steps / 4)
+        overrides.append("validation.min_steps=1")
     result = runner.invoke(
         main, ["train", str(toml), *[a for o in overrides for a in ("--set", o)]]
     )

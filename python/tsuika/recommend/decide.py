@@ -263,6 +263,8 @@ def _validation(c: Context, steps: int) -> list[Setting]:
         Setting("validation.every", max(1, steps // v.evaluations), f"{v.evaluations} validations per run"),
         Setting("validation.patience", v.patience, v.patience_reason),
         Setting("validation.timesteps", v.timesteps, v.timesteps_reason),
+        Setting("validation.smoothing", v.smoothing, v.smoothing_reason),
+        Setting("validation.min_steps", round(v.min_share * steps), v.min_steps_reason),
     ]  # fmt: skip
 
 
