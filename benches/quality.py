@@ -238,7 +238,10 @@ def train_and_score(method: str, table: dict[str, Any], config, folder: Path, co
     last = max(curve)
     final = scores(adapted_model(base, method, table, out / f"step-{last}"), evaluator, concept, n)
     best_scoring = max(curve, key=lambda s: (curve[s], -s))
-    val_curve = [[s, x] for s, x in timestep_curve(summary, "all") if int(s) in curve]
+
+    def at_checkpoints(which: str) -> list[list[float]]:
+        return [[s, x] for s, x in timestep_curve(summary, which) if int(s) in curve]
+
     steps = summary["steps_done"]
     criteria = {}
     for name, rule in CRITERIA.items():
@@ -246,13 +249,13 @@ def train_and_score(method: str, table: dict[str, Any], config, folder: Path, co
             kept, stop = last, None
         else:
             patience, smoothing, share_of_run, which = rule
-            points = [[s, x] for s, x in timestep_curve(summary, which) if int(s) in curve]
-            kept, stop = replay(points, patience, 0.0, smoothing, round(share_of_run * steps))
+            kept, stop = replay(
+                at_checkpoints(which), patience, 0.0, smoothing, round(share_of_run * steps)
+            )
         criteria[name] = {"kept": kept, "stop": stop,
                           "gap": None if kept is None else round(curve[best_scoring] - curve[kept], 4)}  # fmt: skip
     which = "gain" if v.metric == "caption_gain" else "all"
-    points = [[s, x] for s, x in timestep_curve(summary, which) if int(s) in curve]
-    kept, stop = replay(points, v.patience, 0.0, v.smoothing, v.min_steps)
+    kept, stop = replay(at_checkpoints(which), v.patience, 0.0, v.smoothing, v.min_steps)
     log(
         f"{folder.name}: early stopping keeps step {kept} (stops at {stop}); best-scoring {best_scoring}"
     )
@@ -260,7 +263,7 @@ def train_and_score(method: str, table: dict[str, Any], config, folder: Path, co
         "status": "ok", "steps_done": steps, "train_seconds": round(seconds, 1),
         **final, "early_stop_step": kept, "stopped_early": stop is not None, "stop_step": stop,
         "best_scoring_step": best_scoring, "fidelity_by_step": curve,
-        "kept_fidelity": None if kept is None else curve[kept], "val_loss": val_curve,
+        "kept_fidelity": None if kept is None else curve[kept], "val_loss": at_checkpoints("all"),
         "val_caption_gain": timestep_curve(summary, "gain"),
         "criteria": criteria,
     }  # fmt: skip

@@ -301,8 +301,8 @@ VALIDATION = ValidationRule(
     "16 timesteps per held-out picture (default 4) steady the loss over few pictures",
     "early stopping follows a moving average of the loss (weight 0.7 on the past): one "
     "lucky evaluation does not pick the best step (tiny world: worst miss 0.34 -> 0.12)",
-    "no step before a quarter of the run is kept or stops it: the loss falls fastest "
-    "there while the concept is not learned yet",
+    "no step before a quarter of the run is kept or stops it: a DreamBooth's loss was "
+    "lowest at its first evaluation, before the concept was learned (tiny world)",
     "fewer than 50 pictures: none can be spared for validation (the 3 of 30 that a split "
     "holds out cost a tiny-world LoRA more than its early stopping gave), so early stopping "
     "is off",

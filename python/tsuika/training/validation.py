@@ -13,8 +13,8 @@ images, timesteps and draws -- the run's own training objective
 (:mod:`tsuika.training.objective`) with the plain UNet module. With
 ``validation.metric = "caption_gain"`` the same noised latents are also
 denoised with an empty caption, and early stopping follows the difference
-(loss with the caption minus loss without). It runs in :func:`tsuika.torch_utils.isolated_eval`: under
-``torch.no_grad()`` with every module in eval mode (LoRA, rank and module
+(loss with the caption minus loss without). It runs in
+:func:`tsuika.torch_utils.isolated_eval`: under ``torch.no_grad()`` with every module in eval mode (LoRA, rank and module
 dropout off) inside ``torch.random.fork_rng``, then each module's mode is
 restored: the training RNG streams and the global RNG are never touched, so a
 run with validation ends with the same weights as the same run without.
@@ -200,9 +200,8 @@ class ValidationRun:
         self.early = EarlyStopping(v.patience, v.min_delta, v.smoothing, v.min_steps)
         self.metric = v.metric
         self.history: list[list[float]] = []
-        self.scores: list[
-            list[float]
-        ] = []  # [[step, metric value]] when the metric is not the loss
+        # [[step, metric value]] when the metric is not the loss (else ``history``)
+        self.scores: list[list[float]] = []
         self.by_timestep: list[list[Any]] = []  # [[step, [loss at each fixed timestep]], ...]
         self.best_file: str | None = None
         self.stopped_early = False
